@@ -1,0 +1,87 @@
+"""Device choice and transfers (lab 00 reports it; ``training`` and the explainers use it).
+
+No module-level device global: call :func:`get_device` where a device is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from typing import Any
+
+import torch
+
+__all__ = ["get_device", "to_device", "autocast", "device_report"]
+
+_VALID = ("auto", "cpu", "cuda", "mps")
+
+
+def get_device(prefer: str | torch.device | None = "auto") -> torch.device:
+    """Return ``cuda`` if available, else ``mps``, else ``cpu`` (``prefer`` forces one).
+
+    ``LABKIT_DEVICE`` in the environment overrides ``"auto"`` (e.g. to force the CPU).
+    """
+    import os
+
+    if isinstance(prefer, torch.device):
+        return prefer
+    if prefer is None or prefer == "auto":
+        prefer = os.environ.get("LABKIT_DEVICE", "auto")
+    if not isinstance(prefer, str) or prefer.split(":")[0] not in _VALID:
+        raise ValueError(f"device must be one of {_VALID} (optionally 'cuda:N'), got {prefer!r}")
+    if prefer == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(prefer)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={prefer!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def to_device(obj: Any, device: torch.device | str, *, non_blocking: bool | None = None) -> Any:
+    """Move a tensor, module, or a (nested) list/tuple/dict of tensors to ``device``.
+
+    Transfers are non-blocking when the target is CUDA (pinned host memory makes them async).
+    """
+    device = torch.device(device)
+    if non_blocking is None:
+        non_blocking = device.type == "cuda"
+    if isinstance(obj, (torch.Tensor, torch.nn.Module)):
+        return obj.to(device, non_blocking=non_blocking) if isinstance(obj, torch.Tensor) else obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device, non_blocking=non_blocking) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device, non_blocking=non_blocking) for v in obj)
+    return obj
+
+
+def autocast(device: torch.device | str, *, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bfloat16 where supported, else float16); a no-op elsewhere."""
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def device_report() -> dict[str, str]:
+    """Versions and hardware, as shown by lab 00's environment check."""
+    import numpy
+    import torchvision
+
+    dev = get_device()
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "device": str(dev),
+        "threads": str(torch.get_num_threads()),
+    }
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info
