@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["record", "check", "results", "reset_results", "to_jsonable", "CheckResult"]
+__all__ = ["record", "check", "get_results", "reset_results", "set_meta", "to_jsonable", "CheckResult"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -84,7 +84,7 @@ def _flush() -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".results-", suffix=".json")
     with os.fdopen(fd, "w") as fh:
-        json.dump(results(), fh, indent=1, sort_keys=True)
+        json.dump(get_results(), fh, indent=1, sort_keys=True)
     os.replace(tmp, target)
 
 
@@ -128,7 +128,7 @@ def set_meta(**meta: Any) -> None:
     _flush()
 
 
-def results() -> dict[str, Any]:
+def get_results() -> dict[str, Any]:
     """Everything recorded so far: ``{"records": ..., "checks": [...], "meta": ...}``."""
     return {
         "records": dict(_STORE.records),
