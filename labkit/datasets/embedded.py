@@ -1,0 +1,2 @@
+"""Embedded, procedural data sets (placeholder: being written)."""
+__all__: list[str] = []

@@ -1,0 +1,2 @@
+"""Real data sets under the data root (placeholder: being written)."""
+__all__: list[str] = []
