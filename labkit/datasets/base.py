@@ -1,0 +1,96 @@
+"""``ImageSet``: the one in-memory data set type every labkit loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..reproducibility import make_generator
+
+__all__ = ["ImageSet"]
+
+
+@dataclass
+class ImageSet(Dataset):
+    """Images, labels and (optionally) masks held as tensors; a ``Dataset`` of ``(image, label)``.
+
+    - ``images``: ``[N, C, H, W]`` float32 in ``[0, 1]``.
+    - ``labels``: ``[N]`` int64 class indices into ``classes``.
+    - ``masks``: ``None``, ``[N, H, W]`` bool (pixels of the labelled object) or ``[N, H, W]`` int64
+      (a per-pixel class map, 0 = background, ``k + 1`` = ``classes[k]``, for segmentation).
+    - ``info``: extra per-sample tensors whose first dimension is ``N`` (e.g. ``"cue"``).
+    """
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+    masks: Tensor | None = None
+    info: dict[str, Tensor] = field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.dim() != 4:
+            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
+        if self.labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(self.labels.shape)}")
+        if self.masks is not None and self.masks.shape[:1] != (n,):
+            raise ValueError(f"masks must start with N={n}, got shape {tuple(self.masks.shape)}")
+        for key, value in self.info.items():
+            if len(value) != n:
+                raise ValueError(f"info[{key!r}] has {len(value)} entries, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(s) for s in self.images.shape[1:])
+        extra = ", masks" if self.masks is not None else ""
+        return f"ImageSet({self.name or 'unnamed'}: {len(self)} images {shape}, {len(self.classes)} classes{extra})"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, index: Tensor | Sequence[int] | slice) -> "ImageSet":
+        """The samples at ``index`` (a slice, a list of ints, an int or bool tensor)."""
+        if not isinstance(index, slice):
+            index = torch.as_tensor(index)
+            if index.dtype == torch.bool:
+                index = index.nonzero().flatten()
+        return ImageSet(
+            self.images[index],
+            self.labels[index],
+            list(self.classes),
+            None if self.masks is None else self.masks[index],
+            {k: v[index] for k, v in self.info.items()},
+            self.name,
+        )
+
+    def split(self, *sizes: int, seed: int = 0) -> tuple["ImageSet", ...]:
+        """Random disjoint subsets of the given sizes (a seeded permutation)."""
+        if not sizes or any((not isinstance(s, int)) or s < 0 for s in sizes):
+            raise ValueError(f"split sizes must be non-negative ints, got {sizes}")
+        if sum(sizes) > len(self):
+            raise ValueError(f"split sizes {sizes} add up to more than the {len(self)} samples")
+        perm = torch.randperm(len(self), generator=make_generator(seed))
+        out, start = [], 0
+        for s in sizes:
+            out.append(self.subset(perm[start:start + s]))
+            start += s
+        return tuple(out)
+
+    def loader(self, batch_size: int = 64, *, shuffle: bool = False, seed: int = 0,
+               drop_last: bool = False) -> DataLoader:
+        """A single-process DataLoader (the tensors are already in memory); seeded when shuffling."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        return DataLoader(self, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                          generator=make_generator(seed) if shuffle else None)
