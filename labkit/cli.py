@@ -1,0 +1,154 @@
+"""The ``labkit`` command: ``list``, ``run``, ``data``, ``student``, ``grade``, ``book``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import DATA_MODES, PROFILES
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    import ast
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"parameter {text!r} must look like NAME=VALUE")
+    key, value = text.split("=", 1)
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .runner import labs_dir, list_labs
+
+    labs = list_labs()
+    if not labs:
+        print(f"no labs found in {labs_dir()}", file=sys.stderr)
+        return 1
+    width = max(len(n) for n, _ in labs)
+    for name, title in labs:
+        print(f"{name:<{width}}  {title}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import lab_path, list_labs, run_lab
+
+    if args.all == bool(args.labs):
+        print("labkit run: name the labs to run, or pass --all (not both)", file=sys.stderr)
+        return 2
+    if (args.output_dir is None) == (not args.in_place):
+        print("labkit run: give exactly one of --output-dir DIR and --in-place", file=sys.stderr)
+        return 2
+    labs = [n for n, _ in list_labs()] if args.all else args.labs
+    try:
+        paths = [lab_path(lab) for lab in labs]
+    except ValueError as exc:
+        print(f"labkit run: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for path in paths:
+        print(f"running {path.stem} (profile={args.profile}, data={args.data}) ...", flush=True)
+        try:
+            res = run_lab(path, profile=args.profile, data=args.data, seed=args.seed,
+                          parameters=dict(args.param or []), output_dir=args.output_dir,
+                          in_place=args.in_place, cell_timeout=args.timeout, log_output=args.verbose)
+        except Exception as exc:  # report, keep going with the other labs
+            failed += 1
+            first = str(exc).strip().splitlines()
+            print(f"  FAILED: {type(exc).__name__}: {first[-1] if first else ''}", file=sys.stderr)
+            continue
+        checks = res["checks"]
+        bad = [c["name"] for c in checks if not c["passed"]]
+        print(f"  done in {res['meta']['wall_time_s']:.1f} s; {len(res['records'])} records, "
+              f"{len(checks) - len(bad)}/{len(checks)} checks passed" + (f" (failed: {', '.join(bad)})" if bad else ""))
+    return 1 if failed else 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .storage import data_root
+
+    root = Path(args.root) if args.root else data_root()
+    if args.from_mirror:
+        src = Path(args.from_mirror)
+        if not src.is_dir():
+            print(f"labkit data: mirror folder {src} does not exist", file=sys.stderr)
+            return 2
+        root.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(src.iterdir()):
+            if entry.is_dir() and not (root / entry.name).exists():
+                print(f"copying {entry.name} -> {root / entry.name}")
+                shutil.copytree(entry, root / entry.name)
+    expected = {
+        "mnist": "MNIST/raw/t10k-images-idx3-ubyte.gz",
+        "mnist_m (needs mnist + BSDS500)": "BSDS500/images/train",
+        "hymenoptera": "hymenoptera_data/train",
+        "imagenet_samples": "imagenet_samples/labels.csv",
+        "imagenet weights": "weights",
+    }
+    print(f"data root: {root}  (set LABKIT_DATA to change it)")
+    for name, rel in expected.items():
+        status = "present" if (root / rel).exists() else "missing"
+        print(f"  {name:<34} {status:<8} {root / rel}")
+    return 0
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    root = Path(__file__).resolve().parents[1]
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe), "build", str(root), "--warningiserror", "--keep-going"]
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labkit", description="Run, grade and publish the course's labs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list the labs with their titles")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="execute labs with papermill and write NAME.ipynb + NAME.results.json")
+    p.add_argument("labs", nargs="*", help="lab names (00, 00_welcome) or notebook paths")
+    p.add_argument("--all", action="store_true", help="run every lab")
+    p.add_argument("--profile", choices=PROFILES, default="standard")
+    p.add_argument("--data", choices=DATA_MODES, default="embedded")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("-p", "--param", action="append", type=_parse_param, metavar="NAME=VALUE",
+                   help="another parameter of the lab's parameters cell (e.g. -p WEIGHTS=random)")
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--in-place", action="store_true", help="overwrite the lab notebooks with the executed ones")
+    p.add_argument("--timeout", type=int, default=None, help="per-cell time limit in seconds")
+    p.add_argument("-v", "--verbose", action="store_true", help="stream the notebook's output")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("data", help="show the data root and which real data sets are present")
+    p.add_argument("--root", default=None, help="data root (default: $LABKIT_DATA or the user cache)")
+    p.add_argument("--from-mirror", default=None, metavar="DIR", help="copy a data set mirror (e.g. ../shared/datasets) into the data root")
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("book", help="build the site from the committed notebooks (same as `make site`)")
+    p.set_defaults(func=_cmd_book)
+
+    try:
+        from .grading.cli import register
+    except ImportError:
+        register = None
+    if register is not None:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Model registry of the course: ``get_model(name, **kw)`` and ``list_models()``.
+
+Small course models live in submodules that register themselves with ``@register_model``;
+torchvision's ImageNet architectures come through ``labkit.models.pretrained``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from torch import nn
+
+__all__ = ["get_model", "list_models", "register_model", "count_parameters"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DOCS: dict[str, str] = {}
+# Submodules that register models; a missing one (not written yet) is skipped.
+_SUBMODULES = ("small", "pretrained", "generative", "segmentation", "dann")
+_loaded = False
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: make ``fn(**kw) -> nn.Module`` available as ``get_model(name, **kw)``."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = fn
+        _DOCS[name] = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        return fn
+
+    return deco
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for sub in _SUBMODULES:
+        try:
+            importlib.import_module(f"{__name__}.{sub}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{sub}":
+                raise
+    _loaded = True
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`get_model`, sorted."""
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the model registered as ``name`` (unknown names list the valid ones)."""
+    _load_all()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of (trainable) parameters; lab 01 uses it for the VGG16 question."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,107 @@
+"""Small CNNs and MLPs of the course (labs 00-06): trained in seconds on a CPU.
+
+Layers are grouped as ``features`` (Conv2d / ReLU / [BatchNorm2d] / MaxPool2d) and
+``classifier`` so that the deconvnet projection (lab 05), Grad-CAM (lab 06) and feature
+extraction (lab 01) can address them by dotted names like ``"features.3"``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import register_model
+
+__all__ = ["SmallCNN", "MLP"]
+
+
+def _check_pos_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class SmallCNN(nn.Module):
+    """VGG-style CNN: blocks of 3x3 conv + ReLU (+ BN) + 2x2 max-pool, then a small MLP head.
+
+    Works for any input size >= 2**len(widths); a global average pool before the head makes
+    the head independent of the input size (Lin et al. 2014), unless ``flatten_size`` is given.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, *, widths: Sequence[int] = (16, 32, 64),
+                 hidden: int = 64, batch_norm: bool = False, dropout: float = 0.0,
+                 first_kernel: int = 3, first_stride: int = 1, global_pool: bool = True,
+                 input_size: int = 32) -> None:
+        super().__init__()
+        _check_pos_int("in_channels", in_channels)
+        _check_pos_int("num_classes", num_classes)
+        if not widths:
+            raise ValueError("widths must name at least one conv block, e.g. (16, 32, 64)")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        layers: list[nn.Module] = []
+        c = in_channels
+        for i, w in enumerate(widths):
+            _check_pos_int("widths[i]", w)
+            k, s = (first_kernel, first_stride) if i == 0 else (3, 1)
+            layers.append(nn.Conv2d(c, w, k, stride=s, padding=k // 2))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(w))
+            layers.append(nn.ReLU())
+            layers.append(nn.MaxPool2d(2))
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.global_pool = global_pool
+        if global_pool:
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            flat = c
+        else:
+            with torch.no_grad():
+                flat = self.features(torch.zeros(1, in_channels, input_size, input_size)).numel()
+            self.pool = nn.Identity()
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+class MLP(nn.Module):
+    """Fully connected classifier on flattened images (the linear-model argument of lab 03)."""
+
+    def __init__(self, in_features: int = 784, num_classes: int = 10, *, hidden: Sequence[int] = (256,)) -> None:
+        super().__init__()
+        _check_pos_int("in_features", in_features)
+        layers: list[nn.Module] = [nn.Flatten()]
+        d = in_features
+        for h in hidden:
+            layers += [nn.Linear(d, _check_pos_int("hidden[i]", h)), nn.ReLU()]
+            d = h
+        layers.append(nn.Linear(d, _check_pos_int("num_classes", num_classes)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@register_model("small_cnn")
+def small_cnn(**kwargs) -> SmallCNN:
+    """Small VGG-style CNN for 28-64 px images (labs 00-06); options of :class:`SmallCNN`."""
+    return SmallCNN(**kwargs)
+
+
+@register_model("digit_cnn")
+def digit_cnn(*, in_channels: int = 1, num_classes: int = 10, **kwargs) -> SmallCNN:
+    """CNN for 28x28 digits: two conv blocks (32, 64) and a 128-unit head (labs 03, 04, 07, 10)."""
+    kwargs.setdefault("widths", (32, 64))
+    kwargs.setdefault("hidden", 128)
+    return SmallCNN(in_channels, num_classes, **kwargs)
+
+
+@register_model("mlp")
+def mlp(**kwargs) -> MLP:
+    """Multi-layer perceptron on flattened inputs (lab 03's linear argument)."""
+    return MLP(**kwargs)
