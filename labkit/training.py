@@ -1,0 +1,279 @@
+"""Training loops of the course: ``fit``, ``evaluate``, ``predict``, ``History``, ``train_or_load``.
+
+Used by every lab that trains a classifier (00-06, 09). Progress is shown as a live tqdm bar in
+JupyterLab; under papermill (``LABKIT_PROGRESS=plain``, set by ``labkit run``) one plain text line
+per epoch is printed instead, so the published site shows no empty widget boxes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .device import autocast, get_device, to_device
+from .reproducibility import make_generator
+
+__all__ = ["History", "fit", "evaluate", "predict", "train_or_load", "as_loader", "progress_mode"]
+
+Batch = tuple[Tensor, Tensor]
+DataLike = Any  # ImageSet, Dataset, DataLoader or a (images, labels) pair
+
+
+@dataclass
+class History:
+    """Per-epoch curves of one training run."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_loss)
+
+    def last(self, key: str = "val_acc") -> float:
+        values = getattr(self, key)
+        if not values:
+            raise ValueError(f"History has no {key} values (was validation data given?)")
+        return values[-1]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[float]]) -> "History":
+        return cls(**{k: list(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def progress_mode() -> str:
+    """``"bar"`` (tqdm), ``"plain"`` (a line per epoch) or ``"none"``, from ``LABKIT_PROGRESS``."""
+    mode = os.environ.get("LABKIT_PROGRESS", "bar")
+    return mode if mode in ("bar", "plain", "none") else "bar"
+
+
+def as_loader(data: DataLike, *, batch_size: int = 64, shuffle: bool = False, seed: int = 0) -> DataLoader | Iterable[Batch]:
+    """Accept an ImageSet / Dataset / DataLoader / ``(x, y)`` pair and return something to iterate."""
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        data = TensorDataset(*data)
+    if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
+        raise TypeError(f"data must be an ImageSet, Dataset, DataLoader or (images, labels) pair, got {type(data).__name__}")
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle,
+                      generator=make_generator(seed) if shuffle else None)
+
+
+def _accuracy_count(logits: Tensor, y: Tensor) -> int:
+    return int((logits.argmax(1) == y).sum())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataLike, *, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+             device: torch.device | str | None = None, batch_size: int = 256) -> dict[str, float]:
+    """Mean loss and accuracy of a classifier on ``data`` (eval mode; the mode is restored)."""
+    device = get_device(device or "auto") if device is None or isinstance(device, str) else device
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    was_training = model.training
+    model.eval()
+    total, loss_sum, correct = 0, 0.0, 0
+    try:
+        for x, y in as_loader(data, batch_size=batch_size):
+            x, y = to_device((x, y), device)
+            with autocast(device):
+                out = model(x)
+            loss_sum += float(loss_fn(out.float(), y)) * len(y)
+            correct += _accuracy_count(out, y)
+            total += len(y)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluate: the data is empty")
+    return {"loss": loss_sum / total, "accuracy": correct / total}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: DataLike, *, device: torch.device | str | None = None,
+            batch_size: int = 256) -> Tensor:
+    """Logits for every sample of ``data`` (on the CPU), in order."""
+    device = get_device(device or "auto") if device is None or isinstance(device, str) else device
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        for batch in as_loader(data, batch_size=batch_size):
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            with autocast(device):
+                outs.append(model(to_device(x, device)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outs)
+
+
+def _make_optimizer(model: nn.Module, optimizer: str | torch.optim.Optimizer, lr: float,
+                    weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (all requires_grad=False)")
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'adam', 'adamw', 'sgd' or a torch.optim.Optimizer, got {optimizer!r}")
+
+
+def fit(model: nn.Module, train: DataLike, val: DataLike | None = None, *, epochs: int, lr: float = 1e-3,
+        optimizer: str | torch.optim.Optimizer = "adam", weight_decay: float = 0.0, momentum: float = 0.9,
+        batch_size: int = 64, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        augment: Callable[[Tensor], Tensor] | None = None, scheduler: str | None = None,
+        device: torch.device | str | None = None, seed: int = 0, desc: str = "",
+        on_epoch_end: Callable[[int, nn.Module, History], None] | None = None) -> History:
+    """Train a classifier with mini-batch gradient descent; returns the per-epoch :class:`History`.
+
+    ``augment`` is applied to each training batch (on the device). ``scheduler="cosine"``
+    anneals the learning rate to 0. On CUDA, forward passes run under autocast (bf16/fp16)
+    with non-blocking transfers; on the CPU, in plain float32. The model ends in eval mode.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if scheduler not in (None, "cosine"):
+        raise ValueError(f"scheduler must be None or 'cosine', got {scheduler!r}")
+    device = get_device(device or "auto") if device is None or isinstance(device, str) else device
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    model.to(device)
+    opt = _make_optimizer(model, optimizer, lr, weight_decay, momentum)
+    loader = as_loader(train, batch_size=batch_size, shuffle=True, seed=seed)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader))) if scheduler else None
+    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    history = History()
+    mode = progress_mode()
+    bar = None
+    if mode == "bar" and epochs > 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc=desc or "training", unit="epoch", leave=True)
+    try:
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            model.train()
+            total, loss_sum, correct = 0, 0.0, 0
+            for x, y in loader:
+                x, y = to_device((x, y), device)
+                if augment is not None:
+                    x = augment(x)
+                with autocast(device):
+                    out = model(x)
+                    loss = loss_fn(out.float(), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                if sched is not None:
+                    sched.step()
+                loss_sum += float(loss.detach()) * len(y)
+                correct += _accuracy_count(out.detach(), y)
+                total += len(y)
+            history.train_loss.append(loss_sum / max(total, 1))
+            history.train_acc.append(correct / max(total, 1))
+            if val is not None:
+                ev = evaluate(model, val, loss_fn=loss_fn, device=device)
+                history.val_loss.append(ev["loss"])
+                history.val_acc.append(ev["accuracy"])
+            history.seconds.append(time.perf_counter() - t0)
+            line = f"train loss {history.train_loss[-1]:.3f} acc {history.train_acc[-1]:.3f}"
+            if val is not None:
+                line += f" | val loss {history.val_loss[-1]:.3f} acc {history.val_acc[-1]:.3f}"
+            if bar is not None:
+                bar.set_postfix_str(line)
+                bar.update(1)
+            elif mode == "plain":
+                print(f"{desc + ': ' if desc else ''}epoch {epoch + 1}/{epochs}  {line}", flush=True)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model, history)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.eval()
+    return history
+
+
+def _fingerprint(obj: Any) -> str:
+    """A content hash of tensors / ImageSets / nested structures (for checkpoint keys)."""
+    h = hashlib.sha256()
+
+    def feed(o: Any) -> None:
+        if isinstance(o, Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        elif hasattr(o, "images") and hasattr(o, "labels"):
+            feed(o.images)
+            feed(o.labels)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                feed(v)
+        elif isinstance(o, dict):
+            for k in sorted(o):
+                h.update(str(k).encode())
+                feed(o[k])
+        else:
+            h.update(repr(o).encode())
+
+    feed(obj)
+    return h.hexdigest()[:16]
+
+
+def train_or_load(name: str, model: nn.Module, train: DataLike, val: DataLike | None = None, *,
+                  root: str | os.PathLike | None = None, retrain: bool = False, **fit_kwargs: Any) -> History:
+    """Load ``model``'s weights from the checkpoint cache when present, else :func:`fit` and save.
+
+    The cache key combines ``name``, the model's architecture, the training options
+    (``fit_kwargs``, seed included) and a content hash of the training and validation data,
+    so a changed lab never loads a stale checkpoint. Files live under
+    ``labkit.storage.checkpoint_root()`` (``$LABKIT_CHECKPOINTS``). Returns the History.
+    """
+    from .storage import checkpoint_root
+
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+    if "on_epoch_end" in fit_kwargs or isinstance(fit_kwargs.get("optimizer"), torch.optim.Optimizer):
+        raise ValueError("train_or_load cannot cache runs with on_epoch_end or an optimizer object; call fit()")
+    options = {k: (v.__qualname__ if callable(v) else v) for k, v in sorted(fit_kwargs.items()) if k != "device"}
+    key = _fingerprint([name, repr(model), json.dumps(options, sort_keys=True, default=repr),
+                        _fingerprint(train) if not isinstance(train, DataLoader) else repr(train.dataset),
+                        _fingerprint(val) if val is not None and not isinstance(val, DataLoader) else repr(val)])
+    folder = Path(root) if root is not None else checkpoint_root()
+    path = folder / f"{name}-{key}.pt"
+    device = fit_kwargs.get("device")
+    if path.exists() and not retrain:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        model.to(get_device(device or "auto") if device is None or isinstance(device, str) else device)
+        model.eval()
+        if progress_mode() != "none":
+            print(f"loaded checkpoint {path.name}")
+        return History.from_dict(state["history"])
+    history = fit(model, train, val, **fit_kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "history": history.to_dict(), "options": options}, tmp)
+    os.replace(tmp, path)
+    return history
