@@ -1,0 +1,213 @@
+"""Figures of the course: image grids, heatmap overlays, curves, embeddings, bar charts.
+
+The only labkit module that imports matplotlib. Every function returns the matplotlib
+``Figure`` (a notebook displays it); pass ``ax=`` to draw into an existing axes where offered.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+__all__ = ["to_numpy_image", "show_images", "show_heatmaps", "overlay", "plot_history", "plot_curves",
+           "plot_embedding", "plot_bars", "plot_filters", "normalize_map"]
+
+
+def to_numpy_image(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``[C,H,W]`` or ``[H,W]`` tensor/array -> ``[H,W,3]`` or ``[H,W]`` float array for imshow."""
+    if isinstance(img, torch.Tensor):
+        img = img.detach().float().cpu().numpy()
+    img = np.asarray(img, dtype=np.float32)
+    if img.ndim == 3 and img.shape[0] in (1, 3):
+        img = img.transpose(1, 2, 0)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    return img
+
+
+def normalize_map(m: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Scale a map to [0, 1] per image (constant maps become 0)."""
+    m = to_numpy_image(m).astype(np.float32)
+    lo, hi = float(m.min()), float(m.max())
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+def _grid(n: int, ncols: int | None, size: float, squeeze: bool = False):
+    ncols = min(n, ncols or 8)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
+def show_images(images: torch.Tensor | Sequence[Any], titles: Sequence[str] | None = None, *,
+                ncols: int | None = None, size: float = 1.4, cmap: str = "gray", suptitle: str | None = None,
+                normalize: bool = False) -> Figure:
+    """A grid of images (``[N,C,H,W]`` tensor or a list), optionally titled."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("show_images needs at least one image")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"titles has {len(titles)} entries for {n} images")
+    fig, axes = _grid(n, ncols, size)
+    for i, ax in enumerate(axes.flat[:n]):
+        img = normalize_map(images[i]) if normalize else np.clip(to_numpy_image(images[i]), 0, 1)
+        ax.imshow(img, cmap=cmap if img.ndim == 2 else None, vmin=0, vmax=1)
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def overlay(ax: Any, image: torch.Tensor, heatmap: torch.Tensor, *, alpha: float = 0.5, cmap: str = "jet") -> None:
+    """Draw ``image`` with a normalized ``heatmap`` on top (Grad-CAM style)."""
+    img = np.clip(to_numpy_image(image), 0, 1)
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+    hm = heatmap
+    if isinstance(hm, torch.Tensor) and hm.shape[-2:] != tuple(img.shape[:2]):
+        hm = torch.nn.functional.interpolate(hm.detach().float().cpu()[None, None], size=img.shape[:2],
+                                             mode="bilinear", align_corners=False)[0, 0]
+    ax.imshow(normalize_map(hm), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    ax.axis("off")
+
+
+def show_heatmaps(images: torch.Tensor, maps: Mapping[str, torch.Tensor] | torch.Tensor, *,
+                  overlay_maps: bool = True, size: float = 1.6, cmap: str = "jet",
+                  row_titles: Sequence[str] | None = None) -> Figure:
+    """One row per image: the image, then each method's map (overlaid or alone), titled by method."""
+    if isinstance(maps, torch.Tensor):
+        maps = {"map": maps}
+    n = len(images)
+    cols = 1 + len(maps)
+    fig, axes = plt.subplots(n, cols, figsize=(size * cols, size * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(np.clip(to_numpy_image(images[i]), 0, 1), cmap="gray")
+        axes[i, 0].axis("off")
+        if row_titles is not None:
+            axes[i, 0].set_title(str(row_titles[i]), fontsize=8)
+        for j, (name, m) in enumerate(maps.items(), start=1):
+            if overlay_maps:
+                overlay(axes[i, j], images[i], m[i], cmap=cmap)
+            else:
+                axes[i, j].imshow(normalize_map(m[i]), cmap="gray" if m[i].dim() == 2 else None)
+                axes[i, j].axis("off")
+            if i == 0:
+                axes[i, j].set_title(name, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(histories: Mapping[str, Any] | Any, *, metrics: Sequence[str] = ("loss", "acc"),
+                 size: tuple[float, float] = (4.0, 3.0)) -> Figure:
+    """Learning curves (train dashed, validation solid) of one or several ``History`` objects."""
+    if not isinstance(histories, Mapping):
+        histories = {"": histories}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(size[0] * len(metrics), size[1]), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes[0], metrics):
+        for k, (label, h) in enumerate(histories.items()):
+            c = colors[k % len(colors)]
+            tr, va = getattr(h, f"train_{metric}"), getattr(h, f"val_{metric}")
+            ep = np.arange(1, len(tr) + 1)
+            ax.plot(ep, tr, "--", color=c, label=f"{label} train".strip())
+            if va:
+                ax.plot(ep, va, "-", color=c, label=f"{label} val".strip())
+        ax.set_xlabel("epoch")
+        ax.set_ylabel({"acc": "accuracy"}.get(metric, metric))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(curves: Mapping[str, Sequence[float]], *, x: Sequence[float] | None = None, xlabel: str = "",
+                ylabel: str = "", title: str = "", logx: bool = False, size: tuple[float, float] = (4.5, 3.0),
+                marker: str = "o") -> Figure:
+    """Several named y-series over a shared x axis (sweeps, attack strength, ...)."""
+    fig, ax = plt.subplots(figsize=size)
+    for name, ys in curves.items():
+        xs = list(x) if x is not None else list(range(len(ys)))
+        ax.plot(xs, list(ys), marker=marker, ms=3, label=name)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_embedding(points: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, *,
+                   class_names: Sequence[str] | None = None, title: str = "", ax: Any = None,
+                   markers: torch.Tensor | np.ndarray | None = None, size: float = 4.0) -> Figure:
+    """2-D scatter coloured by class (t-SNE / PCA / latent spaces); ``markers`` splits e.g. domains."""
+    pts = np.asarray(points.detach().cpu() if isinstance(points, torch.Tensor) else points)
+    lab = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"points must be [N, 2], got shape {pts.shape}")
+    fig = ax.figure if ax is not None else plt.figure(figsize=(size, size))
+    ax = ax or fig.add_subplot(111)
+    groups = np.zeros(len(pts), int) if markers is None else np.asarray(markers)
+    symbols = ["o", "^", "s", "x"]
+    cmap = plt.get_cmap("tab10" if lab.max(initial=0) < 10 else "tab20")
+    for g in np.unique(groups):
+        sel = groups == g
+        ax.scatter(pts[sel, 0], pts[sel, 1], c=[cmap(int(v) % cmap.N) for v in lab[sel]], s=6,
+                   marker=symbols[int(g) % len(symbols)], alpha=0.7, linewidths=0)
+    if class_names is not None:
+        for k, name in enumerate(class_names):
+            if (lab == k).any():
+                ax.scatter([], [], color=cmap(k % cmap.N), label=str(name), s=12)
+        ax.legend(fontsize=6, markerscale=1.5, loc="best", ncol=2)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_bars(values: Mapping[str, float], *, ylabel: str = "", title: str = "", ylim: tuple[float, float] | None = None,
+              size: tuple[float, float] = (4.5, 3.0), annotate: bool = True) -> Figure:
+    """A labelled bar chart of named numbers (accuracies per method, hit rates per layer, ...)."""
+    fig, ax = plt.subplots(figsize=size)
+    names = [str(k) for k in values]
+    vals = [float(v) for v in values.values()]
+    bars = ax.bar(names, vals, color=plt.rcParams["axes.prop_cycle"].by_key()["color"][: len(vals)])
+    if annotate:
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    if title:
+        ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_filters(weight: torch.Tensor, *, ncols: int = 8, size: float = 0.8, title: str = "") -> Figure:
+    """First-layer conv filters ``[out, in, k, k]`` as small images (each normalized on its own)."""
+    w = weight.detach().float().cpu()
+    if w.dim() != 4:
+        raise ValueError(f"weight must be [out, in, k, k], got shape {tuple(w.shape)}")
+    fig, axes = _grid(w.shape[0], ncols, size)
+    for i, ax in enumerate(axes.flat[: w.shape[0]]):
+        f = w[i] if w.shape[1] in (1, 3) else w[i].mean(0, keepdim=True)
+        ax.imshow(normalize_map(f), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
