@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 __all__ = ["to_numpy_image", "show_images", "show_heatmaps", "overlay", "plot_history", "plot_curves",
-           "plot_embedding", "plot_bars", "plot_filters", "normalize_map"]
+           "plot_embedding", "plot_bars", "plot_filters", "normalize_map", "close_figure"]
 
 
 def to_numpy_image(img: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -211,3 +211,8 @@ def plot_filters(weight: torch.Tensor, *, ncols: int = 8, size: float = 0.8, tit
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def close_figure(fig: Figure) -> None:
+    """Release a figure that has been displayed (keeps memory flat in loops and explorers)."""
+    plt.close(fig)

@@ -1,0 +1,65 @@
+"""Interactive explorers for JupyterLab (every lab has one, next to a static figure).
+
+An explorer redraws a figure from a function of a few controls. On the static site and under
+papermill the widget has no live kernel, so ``labkit run`` strips its output and the lab shows
+a static figure made by the same function; ``explorer`` returns ``None`` when ipywidgets is
+missing so that a lab never fails because of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+__all__ = ["explorer"]
+
+
+def _control(name: str, spec: Any) -> Any:
+    import ipywidgets as w
+
+    if isinstance(spec, w.ValueWidget):
+        return spec
+    if isinstance(spec, (list, tuple)) and len(spec) == 3 and all(isinstance(v, (int, float)) for v in spec):
+        lo, hi, step = spec
+        cls = w.IntSlider if all(isinstance(v, int) for v in spec) else w.FloatSlider
+        return cls(min=lo, max=hi, step=step, value=lo, description=name, continuous_update=False)
+    if isinstance(spec, (list, tuple)) and spec:
+        return w.Dropdown(options=list(spec), value=list(spec)[0], description=name)
+    if isinstance(spec, bool):
+        return w.Checkbox(value=spec, description=name)
+    raise ValueError(
+        f"control {name!r}: give a (min, max, step) triple, a list of options, a bool or an ipywidget, got {spec!r}"
+    )
+
+
+def explorer(draw: Callable[..., Any], **controls: Sequence[Any] | bool | Any) -> Any:
+    """Build an interactive view: ``draw(**values)`` returns a matplotlib Figure for the controls' values.
+
+    Controls: ``(min, max, step)`` -> slider, a list -> dropdown, a bool -> checkbox, or a widget.
+    Returns the ``ipywidgets.VBox`` (display it as the cell's last expression), or ``None``
+    when ipywidgets is not installed. Used in every lab.
+    """
+    if not callable(draw):
+        raise TypeError(f"draw must be a function returning a Figure, got {type(draw).__name__}")
+    try:
+        import ipywidgets as w
+    except ImportError:  # pragma: no cover - ipywidgets is a dependency, but stay usable without it
+        return None
+    from IPython.display import display
+
+    from .plotting import close_figure
+
+    widgets = {name: _control(name, spec) for name, spec in controls.items()}
+    out = w.Output()
+
+    def refresh(_change: Any = None) -> None:
+        with out:
+            out.clear_output(wait=True)
+            fig = draw(**{k: v.value for k, v in widgets.items()})
+            if fig is not None:
+                display(fig)
+                close_figure(fig)
+
+    for widget in widgets.values():
+        widget.observe(refresh, names="value")
+    refresh()
+    return w.VBox([w.HBox(list(widgets.values())), out])
