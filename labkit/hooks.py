@@ -1,0 +1,325 @@
+"""The one hook mechanism of labkit: layer lookup, activation/gradient capture, ReLU rules.
+
+Every explainer of labkit (``attribution``, ``deconv``, ``feature_vis``, ``adversarial``,
+``embeddings``, ``metrics``) reaches inside a network through the functions below, and
+every hook they install is removed in a ``finally`` block, so a model leaves a call exactly
+as it entered it (mode, ``requires_grad`` flags, hooks), also when the call raises.
+
+- :func:`get_layer` / :func:`layer_names`: modules by dotted name (``"features.3"``).
+- :func:`capture`: forward activations and the gradient reaching a layer's output
+  (a tensor hook on the output, as pytorch-grad-cam does, not a module backward hook).
+- :func:`relu_rule`: the ReLU backward rules of Springenberg et al. 2015, "Striving for
+  simplicity: the all convolutional net" (gradient, guided backpropagation, deconvnet).
+- :func:`preserve_state`, :func:`count_hooks`: state restoration and leak checks.
+
+Used in labs 02-09 (through the explainers) and directly in labs 05 and 06.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["get_layer", "layer_names", "capture", "Capture", "relu_rule", "preserve_state", "count_hooks"]
+
+_MAX_LISTED = 40  # names shown in an "unknown layer" error before abbreviating
+
+
+def _check_model(model: object, fn: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _format_names(names: Sequence[str]) -> str:
+    if len(names) <= _MAX_LISTED:
+        return ", ".join(repr(n) for n in names)
+    head = ", ".join(repr(n) for n in names[: _MAX_LISTED - 5])
+    tail = ", ".join(repr(n) for n in names[-5:])
+    return f"{head}, ... ({len(names) - _MAX_LISTED} more) ..., {tail}"
+
+
+def layer_names(model: nn.Module, *, kind: type | tuple[type, ...] | None = None) -> list[str]:
+    """Dotted names of the submodules of ``model`` (the model itself excluded), in order.
+
+    ``kind`` keeps only modules of that type, e.g. ``layer_names(model, kind=nn.Conv2d)``.
+    Used in labs 05 and 06 (Grad-CAM per layer).
+    """
+    _check_model(model, "layer_names")
+    if kind is not None:
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not kinds or not all(isinstance(k, type) for k in kinds):
+            raise TypeError(f"layer_names: kind must be a type or a tuple of types (e.g. nn.Conv2d), got {kind!r}")
+    return [name for name, mod in model.named_modules() if name and (kind is None or isinstance(mod, kind))]
+
+
+def get_layer(model: nn.Module, name: str | nn.Module) -> nn.Module:
+    """The submodule of ``model`` with dotted name ``name`` (``"features.3"``, ``"layer4.1.conv2"``).
+
+    A module that is a submodule of ``model`` is returned as is. An unknown name raises
+    ``ValueError`` listing the valid names. Used in labs 05 and 06.
+    """
+    _check_model(model, "get_layer")
+    if isinstance(name, nn.Module):
+        if any(m is name for m in model.modules()):
+            return name
+        raise ValueError(
+            f"get_layer: the module {type(name).__name__} passed as layer is not a submodule of the model; "
+            "pass a dotted name instead (see lk.layer_names(model))"
+        )
+    if not isinstance(name, str):
+        raise TypeError(f"get_layer: name must be a dotted layer name (str) or a submodule, got {type(name).__name__}")
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    valid = [n for n in modules if n]
+    raise ValueError(f"get_layer: unknown layer {name!r}; valid names are: {_format_names(valid)}")
+
+
+def _layer_key(model: nn.Module, layer: str | nn.Module) -> str:
+    """Dotted name of ``layer`` (used as the key of :class:`Capture` dictionaries)."""
+    if isinstance(layer, nn.Module):
+        get_layer(model, layer)  # validates membership
+        for n, m in model.named_modules():
+            if m is layer:
+                return n
+    get_layer(model, layer)
+    return layer  # type: ignore[return-value]
+
+
+@dataclass
+class Capture:
+    """What :func:`capture` records: layer name -> tensor.
+
+    ``activations[name]`` is the layer's output of its LAST call in the forward pass (a layer
+    applied twice, like the ReLU of a torchvision ResNet block, keeps the second output);
+    it is the live tensor of the graph (detach it to keep it), protected from later in-place
+    operations. ``gradients[name]`` is d(whatever was back-propagated)/d(that output).
+    ``calls[name]`` counts the calls of the layer.
+    """
+
+    activations: dict[str, Tensor] = field(default_factory=dict)
+    gradients: dict[str, Tensor] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def capture(
+    model: nn.Module,
+    layers: str | nn.Module | Sequence[str | nn.Module],
+    *,
+    gradients: bool = False,
+    detach: bool = False,
+    require_grad: bool = False,
+) -> Iterator[Capture]:
+    """Record the outputs (and, with ``gradients=True``, their gradients) of ``layers``.
+
+    ``with lk.capture(model, "features.3", gradients=True) as cap: model(x)[:, 5].sum().backward()``
+    then ``cap.activations["features.3"]`` and ``cap.gradients["features.3"]``.
+
+    Gradients come from a tensor hook on the layer output (as in pytorch-grad-cam), so they are
+    exactly d(back-propagated quantity)/d(output). The recorded output is handed on as a copy,
+    so in-place operations after the layer (``nn.ReLU(inplace=True)``, ResNet's ``out += identity``)
+    do not alter what was captured. ``detach=True`` stores detached outputs (feature
+    extraction); ``require_grad=True`` turns an output that does not require grad into a leaf
+    that does (Grad-CAM on a frozen network). All hooks are removed on exit, also on errors.
+    Used in labs 01, 05, 06, 08, 09 (directly and through the explainers).
+    """
+    _check_model(model, "capture")
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    if not isinstance(layers, Sequence) or len(layers) == 0:
+        raise ValueError(f"capture: layers must be a dotted name or a non-empty sequence of names, got {layers!r}")
+    keys = [_layer_key(model, layer) for layer in layers]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"capture: layers contains duplicates: {keys}")
+    record = Capture()
+    handles: list[Any] = []
+    tensor_handles: dict[str, Any] = {}
+
+    def make_hook(key: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            if not isinstance(output, Tensor):
+                raise TypeError(
+                    f"capture: layer {key!r} returned {type(output).__name__}, not a tensor; capture a layer "
+                    "that returns a single tensor (e.g. one of its submodules)"
+                )
+            record.calls[key] = record.calls.get(key, 0) + 1
+            if detach:
+                record.activations[key] = output.detach().clone()
+                return None
+            if require_grad and not output.requires_grad and torch.is_grad_enabled():
+                output = output.detach().requires_grad_(True)
+            record.activations[key] = output
+            if gradients and output.requires_grad:
+                old = tensor_handles.pop(key, None)
+                if old is not None:  # a layer called again: keep the gradient of its last output
+                    old.remove()
+                    record.gradients.pop(key, None)
+
+                def grad_hook(grad: Tensor) -> None:
+                    record.gradients[key] = grad
+
+                tensor_handles[key] = output.register_hook(grad_hook)
+            # hand a copy downstream, so later in-place ops cannot overwrite the recorded tensor
+            return output.clone()
+
+        return hook
+
+    try:
+        for key in keys:
+            handles.append(get_layer(model, key).register_forward_hook(make_hook(key)))
+        yield record
+    finally:
+        for h in handles:
+            h.remove()
+        for h in tensor_handles.values():
+            h.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# ReLU backward rules (Springenberg et al. 2015)
+
+_RULES = ("gradient", "guided", "deconvnet")
+
+
+class _RuleReLU(torch.autograd.Function):
+    """relu(x) forward; backward by the chosen rule (Springenberg et al. 2015, Fig. 1).
+
+    gradient:  g_in = g_out * [x > 0]
+    guided:    g_in = g_out * [x > 0] * [g_out > 0]
+    deconvnet: g_in = g_out * [g_out > 0]          (the forward mask is ignored)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, rule: str) -> Tensor:
+        ctx.rule = rule
+        if rule != "deconvnet":
+            ctx.mask = x > 0
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        if ctx.rule == "gradient":
+            return grad * ctx.mask, None
+        if ctx.rule == "guided":
+            return grad.clamp(min=0) * ctx.mask, None
+        return grad.clamp(min=0), None
+
+
+_FUNCTIONAL_RELUS = {
+    torch.relu,
+    torch.relu_,
+    torch.nn.functional.relu,
+    torch.nn.functional.relu_,
+    Tensor.relu,
+    Tensor.relu_,
+}
+
+
+class _FunctionalReluGuard(TorchFunctionMode):
+    """Raises when a relu is called outside an ``nn.ReLU`` module while a rule is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func in _FUNCTIONAL_RELUS and self.inside == 0:
+            raise RuntimeError(
+                "relu_rule: the model calls relu functionally (torch.relu / F.relu / x.relu()), outside an "
+                "nn.ReLU module, so the backward rule cannot be applied there and the map would be wrong; "
+                "use nn.ReLU modules in the model"
+            )
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def relu_rule(model: nn.Module, rule: str) -> Iterator[None]:
+    """Inside the block, every ``nn.ReLU`` of ``model`` back-propagates with ``rule``.
+
+    ``rule`` is ``"gradient"`` (the true gradient), ``"guided"`` (guided backpropagation) or
+    ``"deconvnet"`` (Springenberg et al. 2015; Zeiler & Fergus 2014). A forward hook replaces
+    each ReLU's output by a custom autograd function of the ReLU *input*, so a ReLU module
+    applied several times per forward pass (torchvision's ResNet blocks) gets the rule at
+    every call. In-place ReLUs (VGG) are switched to out-of-place for the block (an in-place
+    ReLU overwrites its input, whose graph would still apply the forward mask) and switched
+    back on exit. A relu called functionally (``F.relu``) inside the block raises
+    ``RuntimeError`` instead of giving a silently wrong map; a model without any ``nn.ReLU``
+    raises ``ValueError``. Used in labs 05, 06, 07 (guided backprop, deconvnet).
+    """
+    _check_model(model, "relu_rule")
+    if rule not in _RULES:
+        raise ValueError(f"relu_rule: rule must be one of {_RULES}, got {rule!r}")
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ValueError(
+            f"relu_rule: the model ({type(model).__name__}) has no nn.ReLU module, so the {rule!r} rule cannot "
+            "be applied (a model calling torch.relu / F.relu functionally would silently get plain gradients); "
+            "build it with nn.ReLU modules"
+        )
+    guard = _FunctionalReluGuard()
+
+    def pre_hook(module: nn.Module, args: tuple) -> None:
+        guard.inside += 1
+
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        guard.inside -= 1
+        return _RuleReLU.apply(args[0], rule)
+
+    handles: list[Any] = []
+    inplace = [(m, m.inplace) for m in relus]
+    try:
+        for m in relus:
+            m.inplace = False
+            handles.append(m.register_forward_pre_hook(pre_hook))
+            handles.append(m.register_forward_hook(hook))
+        with guard:
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in inplace:
+            m.inplace = flag
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+
+
+@contextlib.contextmanager
+def preserve_state(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every submodule's ``training`` flag and every parameter's ``requires_grad`` on exit.
+
+    ``with lk.preserve_state(model): model.eval(); ...`` -- also restored when the block raises.
+    Used by every explainer of labkit.
+    """
+    _check_model(model, "preserve_state")
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Number of forward, forward-pre, backward and backward-pre hooks on ``model`` and its submodules.
+
+    The leak tests assert this is unchanged by every explainer call.
+    """
+    _check_model(model, "count_hooks")
+    total = 0
+    for m in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            total += len(getattr(m, attr, {}) or {})
+    return total
