@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 __all__ = ["to_numpy_image", "show_images", "show_heatmaps", "overlay", "plot_history", "plot_curves",
-           "plot_embedding", "plot_bars", "plot_filters", "normalize_map", "close_figure"]
+           "plot_embedding", "plot_bars", "plot_filters", "normalize_map", "close_figure", "plot_matrix"]
 
 
 def to_numpy_image(img: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -216,3 +216,25 @@ def plot_filters(weight: torch.Tensor, *, ncols: int = 8, size: float = 0.8, tit
 def close_figure(fig: Figure) -> None:
     """Release a figure that has been displayed (keeps memory flat in loops and explorers)."""
     plt.close(fig)
+
+
+def plot_matrix(matrix: torch.Tensor | np.ndarray, *, row_labels: Sequence[str] | None = None,
+                col_labels: Sequence[str] | None = None, xlabel: str = "predicted", ylabel: str = "true",
+                title: str = "", fmt: str = "d", size: float = 4.0, cmap: str = "Blues") -> Figure:
+    """A matrix (confusion matrix, metric table) as an annotated heatmap."""
+    m = np.asarray(matrix.detach().cpu() if isinstance(matrix, torch.Tensor) else matrix)
+    if m.ndim != 2:
+        raise ValueError(f"matrix must be 2-D, got shape {m.shape}")
+    fig, ax = plt.subplots(figsize=(size, size * m.shape[0] / max(m.shape[1], 1) + 0.3))
+    ax.imshow(m, cmap=cmap)
+    for (i, j), v in np.ndenumerate(m):
+        ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7,
+                color="white" if v > 0.6 * m.max() else "black")
+    ax.set_xticks(range(m.shape[1]), labels=col_labels or range(m.shape[1]), rotation=45, fontsize=7)
+    ax.set_yticks(range(m.shape[0]), labels=row_labels or range(m.shape[0]), fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
