@@ -47,13 +47,15 @@ def to_jsonable(value: Any) -> Any:
         import numpy as np
     except ImportError:  # pragma: no cover
         np = None
+    # Tensors and NumPy values are converted, then converted again so that nan/inf inside
+    # them become strings too (json would otherwise write NaN, which is not valid JSON).
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
         value = value.detach().cpu()
-        return value.item() if value.numel() == 1 and value.dim() == 0 else value.tolist()
+        return to_jsonable(value.item() if value.dim() == 0 else value.tolist())
     if np is not None and isinstance(value, np.ndarray):
-        return value.tolist()
+        return to_jsonable(value.tolist())
     if np is not None and isinstance(value, np.generic):
-        return value.item()
+        return to_jsonable(value.item())
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -71,7 +73,7 @@ def to_jsonable(value: Any) -> Any:
 def _check_name(name: object, what: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(
-            f"{what} name must be a string of letters, digits, '_', '.', '-' starting with a letter, got {name!r}"
+            f"{what} name must be a string of letters, digits, '_', '.', '-' starting with a letter or '_', got {name!r}"
         )
     return name
 
@@ -83,9 +85,13 @@ def _flush() -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".results-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(get_results(), fh, indent=1, sort_keys=True)
-    os.replace(tmp, target)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(get_results(), fh, indent=1, sort_keys=True, allow_nan=False)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def record(name: str, value: Any) -> Any:
@@ -107,6 +113,10 @@ def check(name: str, condition: Any, detail: str = "", *, points: float = 1.0, q
     """
     _check_name(name, "check")
     if hasattr(condition, "item"):
+        size = condition.numel() if hasattr(condition, "numel") else getattr(condition, "size", 1)  # torch / NumPy
+        if size != 1:
+            raise TypeError(f"check {name!r}: condition must be a single bool, got a tensor/array with "
+                            f"{size} elements; reduce it with .all() or .any()")
         condition = condition.item()
     if not isinstance(condition, (bool, int)):
         raise TypeError(f"check {name!r}: condition must be a bool, got {type(condition).__name__}")
