@@ -38,8 +38,9 @@ class ImageSet(Dataset):
             raise ValueError(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
         if self.labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {tuple(self.labels.shape)}")
-        if self.masks is not None and self.masks.shape[:1] != (n,):
-            raise ValueError(f"masks must start with N={n}, got shape {tuple(self.masks.shape)}")
+        if self.masks is not None and self.masks.shape != (n, *self.images.shape[2:]):
+            raise ValueError(f"masks must be [N, H, W] = {(n, *self.images.shape[2:])} like the images, "
+                             f"got shape {tuple(self.masks.shape)}")
         for key, value in self.info.items():
             if len(value) != n:
                 raise ValueError(f"info[{key!r}] has {len(value)} entries, expected {n}")
@@ -64,7 +65,13 @@ class ImageSet(Dataset):
         if not isinstance(index, slice):
             index = torch.as_tensor(index)
             if index.dtype == torch.bool:
+                if index.shape != (len(self),):
+                    raise ValueError(f"a bool mask must have shape ({len(self)},), got {tuple(index.shape)}")
                 index = index.nonzero().flatten()
+            elif index.numel() == 0:
+                index = index.long()  # [] becomes a float tensor, which cannot index
+            # An int (0-dim index) would drop the sample dimension: keep it as a 1-sample set.
+            index = index.reshape(-1)
         return ImageSet(
             self.images[index],
             self.labels[index],
