@@ -18,8 +18,13 @@ def _control(name: str, spec: Any) -> Any:
 
     if isinstance(spec, w.ValueWidget):
         return spec
-    if isinstance(spec, (list, tuple)) and len(spec) == 3 and all(isinstance(v, (int, float)) for v in spec):
+    # Only a *tuple* of three numbers is a slider: a list such as [0.1, 0.01, 0.001] is a set of
+    # options (a dropdown), as the docstring of ``explorer`` says.
+    if (isinstance(spec, tuple) and len(spec) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec)):
         lo, hi, step = spec
+        if not (lo < hi and step > 0):
+            raise ValueError(f"control {name!r}: a slider (min, max, step) needs min < max and step > 0, got {spec!r}")
         cls = w.IntSlider if all(isinstance(v, int) for v in spec) else w.FloatSlider
         return cls(min=lo, max=hi, step=step, value=lo, description=name, continuous_update=False)
     if isinstance(spec, (list, tuple)) and spec:
@@ -27,14 +32,14 @@ def _control(name: str, spec: Any) -> Any:
     if isinstance(spec, bool):
         return w.Checkbox(value=spec, description=name)
     raise ValueError(
-        f"control {name!r}: give a (min, max, step) triple, a list of options, a bool or an ipywidget, got {spec!r}"
+        f"control {name!r}: give a (min, max, step) tuple, a list of options, a bool or an ipywidget, got {spec!r}"
     )
 
 
 def explorer(draw: Callable[..., Any], **controls: Sequence[Any] | bool | Any) -> Any:
     """Build an interactive view: ``draw(**values)`` returns a matplotlib Figure for the controls' values.
 
-    Controls: ``(min, max, step)`` -> slider, a list -> dropdown, a bool -> checkbox, or a widget.
+    Controls: a ``(min, max, step)`` tuple -> slider, a list -> dropdown, a bool -> checkbox, or a widget.
     Returns the ``ipywidgets.VBox`` (display it as the cell's last expression), or ``None``
     when ipywidgets is not installed. Used in every lab.
     """
