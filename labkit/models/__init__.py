@@ -27,7 +27,8 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"model name {name!r} is already registered")
         _REGISTRY[name] = fn
-        _DOCS[name] = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        doc = (fn.__doc__ or "").strip()
+        _DOCS[name] = doc.splitlines()[0] if doc else ""
         return fn
 
     return deco

@@ -37,6 +37,9 @@ class SmallCNN(nn.Module):
         super().__init__()
         _check_pos_int("in_channels", in_channels)
         _check_pos_int("num_classes", num_classes)
+        _check_pos_int("hidden", hidden)
+        _check_pos_int("first_kernel", first_kernel)
+        _check_pos_int("first_stride", first_stride)
         if not widths:
             raise ValueError("widths must name at least one conv block, e.g. (16, 32, 64)")
         if not 0.0 <= dropout < 1.0:
@@ -44,7 +47,7 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for i, w in enumerate(widths):
-            _check_pos_int("widths[i]", w)
+            _check_pos_int(f"widths[{i}]", w)
             k, s = (first_kernel, first_stride) if i == 0 else (3, 1)
             layers.append(nn.Conv2d(c, w, k, stride=s, padding=k // 2))
             if batch_norm:
@@ -77,8 +80,8 @@ class MLP(nn.Module):
         _check_pos_int("in_features", in_features)
         layers: list[nn.Module] = [nn.Flatten()]
         d = in_features
-        for h in hidden:
-            layers += [nn.Linear(d, _check_pos_int("hidden[i]", h)), nn.ReLU()]
+        for i, h in enumerate(hidden):
+            layers += [nn.Linear(d, _check_pos_int(f"hidden[{i}]", h)), nn.ReLU()]
             d = h
         layers.append(nn.Linear(d, _check_pos_int("num_classes", num_classes)))
         self.net = nn.Sequential(*layers)
