@@ -25,10 +25,12 @@ def get_device(prefer: str | torch.device | None = "auto") -> torch.device:
 
     if isinstance(prefer, torch.device):
         return prefer
+    source = "device"
     if prefer is None or prefer == "auto":
         prefer = os.environ.get("LABKIT_DEVICE", "auto")
-    if not isinstance(prefer, str) or prefer.split(":")[0] not in _VALID:
-        raise ValueError(f"device must be one of {_VALID} (optionally 'cuda:N'), got {prefer!r}")
+        source = "LABKIT_DEVICE" if prefer != "auto" else source
+    if not isinstance(prefer, str) or not _valid_name(prefer):
+        raise ValueError(f"{source} must be one of {_VALID} (optionally 'cuda:N'), got {prefer!r}")
     if prefer == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -38,8 +40,20 @@ def get_device(prefer: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(prefer)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={prefer!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+        raise ValueError(f"{source}={prefer!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{source}={prefer!r}: only {torch.cuda.device_count()} CUDA device(s); use 'cuda' or 'cpu'")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{source}={prefer!r} was asked for but MPS is not available; use 'auto' or 'cpu'")
     return dev
+
+
+def _valid_name(name: str) -> bool:
+    """'auto', 'cpu', 'mps', 'cuda', optionally with an index ('cuda:1', or 'mps:0' as str(device) gives)."""
+    base, sep, index = name.partition(":")
+    if not sep:
+        return base in _VALID
+    return base != "auto" and base in _VALID and index.isdigit()
 
 
 def to_device(obj: Any, device: torch.device | str, *, non_blocking: bool | None = None) -> Any:
@@ -55,7 +69,8 @@ def to_device(obj: Any, device: torch.device | str, *, non_blocking: bool | None
     if isinstance(obj, dict):
         return {k: to_device(v, device, non_blocking=non_blocking) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device, non_blocking=non_blocking) for v in obj)
+        moved = [to_device(v, device, non_blocking=non_blocking) for v in obj]
+        return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)  # namedtuples take fields
     return obj
 
 
