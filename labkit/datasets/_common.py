@@ -1,0 +1,148 @@
+"""Shared helpers of the embedded generators: argument checks and scikit-image's bundled photos."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Colour photos that ship inside the scikit-image wheel (no pooch download needed).
+# name -> loader function name in ``skimage.data``.
+_PHOTO_LOADERS = {
+    "astronaut": "astronaut",
+    "chelsea": "chelsea",
+    "coffee": "coffee",
+    "rocket": "rocket",
+    "motorcycle": "stereo_motorcycle",
+    "immunohistochemistry": "immunohistochemistry",
+    "hubble_deep_field": "hubble_deep_field",
+    "retina": "retina",
+}
+PHOTO_NAMES = tuple(_PHOTO_LOADERS)
+# The photos whose random crops make good backgrounds (retina and hubble are mostly black).
+BACKGROUND_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "immunohistochemistry")
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,
+              hint: str = "") -> int:
+    """``value`` as an int, or a ``TypeError``/``ValueError`` naming ``name`` and the fix."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}){hint}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}{hint}")
+    return value
+
+
+def check_prob(name: str, value: Any) -> float:
+    """``value`` as a float probability in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a float in [0, 1], got {type(value).__name__} ({value!r})")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def check_range(name: str, value: Any, *, low: float, high: float) -> tuple[float, float]:
+    """A ``(lo, hi)`` pair with ``low <= lo <= hi <= high``."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a pair (lo, hi) of floats, got {value!r}") from None
+    if not low <= lo <= hi <= high:
+        raise ValueError(f"{name} must satisfy {low} <= lo <= hi <= {high}, got {value!r}")
+    return lo, hi
+
+
+def _resize_chw(img: Tensor, h: int, w: int) -> Tensor:
+    """Resize a [3, H, W] float image with antialiased bilinear interpolation."""
+    out = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return out[0].clamp_(0.0, 1.0)
+
+
+@lru_cache(maxsize=None)
+def _load_photo(name: str) -> Tensor:
+    import skimage.data as skdata
+
+    arr = getattr(skdata, _PHOTO_LOADERS[name])()
+    if isinstance(arr, tuple):  # stereo_motorcycle -> (left, right, disparity)
+        arr = arr[0]
+    arr = np.asarray(arr)[..., :3]
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+
+
+def photos(*, size: int | None = None) -> dict[str, Tensor]:
+    """scikit-image's bundled colour photos by name, each ``[3, H, W]`` float32 in ``[0, 1]``.
+
+    Only photos shipped inside the scikit-image wheel are used (no download): astronaut,
+    chelsea, coffee, rocket, motorcycle, immunohistochemistry, hubble_deep_field, retina.
+    With ``size`` every photo is centre-cropped to a square and resized to ``size x size``.
+    Used in labs 00, 02 and 04 (photos to explain or to start from) and as backgrounds of
+    :func:`shapes` and of the photo domain of :func:`glyph_digits`. Returns fresh tensors.
+    """
+    if size is not None:
+        size = check_int("size", size, low=8, high=1024, hint=" (or None for the original size)")
+    out: dict[str, Tensor] = {}
+    for name in PHOTO_NAMES:
+        img = _load_photo(name)
+        if size is not None:
+            h, w = img.shape[1:]
+            s = min(h, w)
+            top, left = (h - s) // 2, (w - s) // 2
+            img = _resize_chw(img[:, top:top + s, left:left + s], size, size)
+        out[name] = img.clone()
+    return out
+
+
+@lru_cache(maxsize=4)
+def photo_bank(short_side: int = 160) -> tuple[Tensor, ...]:
+    """The background photos, each resized so that its shorter side is ``short_side`` (cached)."""
+    bank = []
+    for name in BACKGROUND_PHOTOS:
+        img = _load_photo(name)
+        h, w = img.shape[1:]
+        f = short_side / min(h, w)
+        bank.append(_resize_chw(img, max(short_side, round(h * f)), max(short_side, round(w * f))).contiguous())
+    return tuple(bank)
+
+
+def photo_crops(rng: np.random.Generator, n: int, size: int, *, crop_frac: tuple[float, float] = (0.2, 0.6),
+                short_side: int = 160) -> Tensor:
+    """``n`` random square crops (random photo, scale, position, horizontal flip) resized to ``size``.
+
+    Returns ``[n, 3, size, size]`` float32 in ``[0, 1]``; deterministic given ``rng``'s state.
+    """
+    bank = photo_bank(short_side)
+    which = rng.integers(0, len(bank), n)
+    frac = rng.uniform(*crop_frac, n)
+    fx, fy = rng.random(n), rng.random(n)
+    flip = rng.random(n) < 0.5
+    out = torch.empty(n, 3, size, size)
+    base = torch.linspace(-1 + 1 / size, 1 - 1 / size, size)
+    for p, img in enumerate(bank):
+        idx = np.flatnonzero(which == p)
+        if idx.size == 0:
+            continue
+        h, w = img.shape[1:]
+        side = frac[idx] * min(h, w)  # crop side in pixels
+        # centre of the crop in normalized [-1, 1] coordinates (align_corners=False convention)
+        cx = ((side / 2 + fx[idx] * (w - side)) / w) * 2 - 1
+        cy = ((side / 2 + fy[idx] * (h - side)) / h) * 2 - 1
+        sx = torch.from_numpy(side / w).float()[:, None]
+        sy = torch.from_numpy(side / h).float()[:, None]
+        sgn = torch.from_numpy(np.where(flip[idx], -1.0, 1.0)).float()[:, None]
+        gx = torch.from_numpy(cx).float()[:, None] + sgn * sx * base[None]  # [k, size]
+        gy = torch.from_numpy(cy).float()[:, None] + sy * base[None]
+        k = idx.size
+        grid = torch.stack([gx[:, None, :].expand(k, size, size), gy[:, :, None].expand(k, size, size)], dim=-1)
+        crops = F.grid_sample(img[None].expand(k, -1, -1, -1), grid, mode="bilinear",
+                              padding_mode="border", align_corners=False)
+        out[torch.from_numpy(idx)] = crops
+    return out.clamp_(0.0, 1.0)

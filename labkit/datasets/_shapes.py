@@ -1,0 +1,500 @@
+"""Procedural shapes and multi-object scenes, rendered in batches from signed distances.
+
+Every shape is an approximate signed distance function (negative inside) of local unit
+coordinates ``(u, v)`` (the object fits in the unit disc, ``v`` points down the image).
+A batch of objects is rendered by rotating and scaling one pixel grid per object, so there
+is no per-pixel Python loop; edges are anti-aliased from the distance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..reproducibility import numpy_rng
+from ._common import check_int, check_prob, check_range, photo_crops
+from .base import ImageSet
+
+__all__ = ["SHAPE_CLASSES", "BACKGROUNDS", "shapes", "scenes"]
+
+SHAPE_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "heart", "hexagon",
+                 "crescent", "arrow")
+BACKGROUNDS = ("flat", "gradient", "noise", "photo")
+_CHUNK = 2048
+
+
+# --------------------------------------------------------------------------- signed distances
+def _box(u: Tensor, v: Tensor, a: float, b: float) -> Tensor:
+    qx, qy = u.abs() - a, v.abs() - b
+    outside = torch.sqrt(qx.clamp(min=0) ** 2 + qy.clamp(min=0) ** 2)
+    return outside + torch.maximum(qx, qy).clamp(max=0)
+
+
+def _circle(u: Tensor, v: Tensor, cx: float = 0.0, cy: float = 0.0, r: float = 1.0) -> Tensor:
+    return torch.sqrt((u - cx) ** 2 + (v - cy) ** 2) - r
+
+
+def _regular_polygon(u: Tensor, v: Tensor, sides: int, circumradius: float, phase: float) -> Tensor:
+    apothem = circumradius * math.cos(math.pi / sides)
+    d = None
+    for i in range(sides):
+        a = phase + (i + 0.5) * 2 * math.pi / sides
+        e = u * math.cos(a) + v * math.sin(a) - apothem
+        d = e if d is None else torch.maximum(d, e)
+    return d
+
+
+def _sd_circle(u: Tensor, v: Tensor) -> Tensor:
+    return _circle(u, v, r=0.88)
+
+
+def _sd_square(u: Tensor, v: Tensor) -> Tensor:
+    return _box(u, v, 0.68, 0.68)
+
+
+def _sd_triangle(u: Tensor, v: Tensor) -> Tensor:
+    # apex up; centroid at the origin
+    return _regular_polygon(u, v, 3, 1.0, -math.pi / 2 + math.pi / 3)
+
+
+def _sd_hexagon(u: Tensor, v: Tensor) -> Tensor:
+    return _regular_polygon(u, v, 6, 0.93, 0.0)
+
+
+def _sd_star(u: Tensor, v: Tensor) -> Tensor:
+    # five-pointed star: fold the angle into one half-spike and use the spike's edge line
+    k = 5
+    rho = torch.sqrt(u * u + v * v)
+    phi = torch.atan2(v, u) + math.pi / 2  # a spike points up
+    sector = 2 * math.pi / k
+    a = torch.remainder(phi + sector / 2, sector) - sector / 2
+    a = a.abs()
+    qx, qy = rho * torch.cos(a), rho * torch.sin(a)
+    ax, ay = 1.0, 0.0
+    ri = 0.42
+    bx, by = ri * math.cos(sector / 2), ri * math.sin(sector / 2)
+    ex, ey = bx - ax, by - ay
+    ln = math.hypot(ex, ey)
+    nx, ny = -ey / ln, ex / ln  # normal pointing away from the origin
+    if nx * (-ax) + ny * (-ay) > 0:
+        nx, ny = -nx, -ny
+    return (qx - ax) * nx + (qy - ay) * ny
+
+
+def _sd_cross(u: Tensor, v: Tensor) -> Tensor:
+    return torch.minimum(_box(u, v, 0.88, 0.28), _box(u, v, 0.28, 0.88))
+
+
+def _sd_ring(u: Tensor, v: Tensor) -> Tensor:
+    return (torch.sqrt(u * u + v * v) - 0.66).abs() - 0.24
+
+
+def _sd_heart(u: Tensor, v: Tensor) -> Tensor:
+    # a diamond (point down) with two discs on its upper edges
+    d, c = 0.78, 0.10
+    diamond = (u.abs() + (v - c).abs() - d) / math.sqrt(2)
+    r = d / math.sqrt(2)
+    left = _circle(u, v, -d / 2, c - d / 2, r)
+    right = _circle(u, v, d / 2, c - d / 2, r)
+    return torch.minimum(diamond, torch.minimum(left, right))
+
+
+def _sd_crescent(u: Tensor, v: Tensor) -> Tensor:
+    return torch.maximum(_circle(u, v, -0.05, 0.0, 0.9), -_circle(u, v, 0.42, -0.1, 0.72))
+
+
+def _sd_arrow(u: Tensor, v: Tensor) -> Tensor:
+    shaft = _box(u + 0.38, v, 0.52, 0.17)
+    # head: triangle with tip (0.95, 0) and base at u = 0.05, |v| <= 0.6
+    tip, base, half = 0.95, 0.05, 0.6
+    ln = math.hypot(tip - base, half)
+    n1 = (half / ln, (tip - base) / ln)
+    e1 = (u - tip) * n1[0] + v * n1[1]
+    e2 = (u - tip) * n1[0] - v * n1[1]
+    e3 = base - u
+    head = torch.maximum(torch.maximum(e1, e2), e3)
+    return torch.minimum(shaft, head)
+
+
+_SDF: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "circle": _sd_circle, "square": _sd_square, "triangle": _sd_triangle, "star": _sd_star,
+    "cross": _sd_cross, "ring": _sd_ring, "heart": _sd_heart, "hexagon": _sd_hexagon,
+    "crescent": _sd_crescent, "arrow": _sd_arrow,
+}
+
+
+def _render_alpha(names: Sequence[str], cls: np.ndarray, cx: np.ndarray, cy: np.ndarray, radius: np.ndarray,
+                  theta: np.ndarray, size: int) -> Tensor:
+    """Anti-aliased coverage ``[m, size, size]`` of objects of class ``names[cls[i]]``.
+
+    ``cx, cy`` are pixel coordinates of the centre (pixel ``j`` spans ``[j, j + 1)``), ``radius``
+    the radius in pixels of the unit disc, ``theta`` the rotation in radians.
+    """
+    m = len(cls)
+    out = torch.zeros(m, size, size)
+    if m == 0:
+        return out
+    coords = torch.arange(size, dtype=torch.float32) + 0.5
+    for k in np.unique(cls):
+        idx = np.flatnonzero(cls == k)
+        t = lambda a: torch.from_numpy(np.asarray(a[idx], dtype=np.float32))[:, None, None]  # noqa: E731
+        r, c, s = t(radius), torch.cos(t(theta)), torch.sin(t(theta))
+        dx = (coords[None, None, :] - t(cx)) / r
+        dy = (coords[None, :, None] - t(cy)) / r
+        u = c * dx + s * dy
+        v = -s * dx + c * dy
+        sd = _SDF[names[k]](u, v)
+        out[torch.from_numpy(idx)] = (0.5 - sd * r).clamp_(0.0, 1.0)
+    return out
+
+
+# --------------------------------------------------------------------------- colours, backgrounds
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Vectorized HSV -> RGB, all arrays in [0, 1]; returns [..., 3]."""
+    i = np.floor(h * 6.0) % 6
+    f = h * 6.0 - np.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    table = np.stack([np.stack(x, -1) for x in
+                      [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]], 0)
+    return np.take_along_axis(table, i.astype(int)[None, ..., None].repeat(3, -1), 0)[0]
+
+
+def _random_colours(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Random colours (mostly saturated, some greys), [..., 3] in [0, 1]."""
+    h = rng.random(shape)
+    s = np.where(rng.random(shape) < 0.15, rng.uniform(0.0, 0.15, shape), rng.uniform(0.35, 1.0, shape))
+    v = rng.uniform(0.15, 1.0, shape)
+    return _hsv_to_rgb(h, s, v)
+
+
+def _backgrounds(rng: np.random.Generator, kinds: np.ndarray, size: int) -> Tensor:
+    """One background per entry of ``kinds`` (indices into ``BACKGROUNDS``): [n, 3, size, size]."""
+    n = len(kinds)
+    out = torch.empty(n, 3, size, size)
+    # flat
+    idx = np.flatnonzero(kinds == 0)
+    if idx.size:
+        col = torch.from_numpy(_random_colours(rng, (idx.size,))).float()
+        out[torch.from_numpy(idx)] = col[:, :, None, None].expand(-1, -1, size, size)
+    # linear gradient between two colours along a random direction
+    idx = np.flatnonzero(kinds == 1)
+    if idx.size:
+        k = idx.size
+        c0 = torch.from_numpy(_random_colours(rng, (k,))).float()[:, :, None, None]
+        c1 = torch.from_numpy(_random_colours(rng, (k,))).float()[:, :, None, None]
+        ang = torch.from_numpy(rng.uniform(0, 2 * np.pi, k)).float()[:, None, None]
+        g = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
+        proj = torch.cos(ang) * g[None, None, :] + torch.sin(ang) * g[None, :, None]
+        w = (proj / math.sqrt(0.5) + 0.5).clamp(0, 1)[:, None]
+        out[torch.from_numpy(idx)] = c0 * (1 - w) + c1 * w
+    # smooth coloured noise: two octaves of bilinear value noise around a base colour
+    idx = np.flatnonzero(kinds == 2)
+    if idx.size:
+        k = idx.size
+        base = torch.from_numpy(_random_colours(rng, (k,))).float()[:, :, None, None]
+        lo = torch.from_numpy(rng.normal(0, 0.16, (k, 3, 4, 4))).float()
+        hi = torch.from_numpy(rng.normal(0, 0.08, (k, 3, 9, 9))).float()
+        noise = (F.interpolate(lo, size=(size, size), mode="bicubic", align_corners=False)
+                 + F.interpolate(hi, size=(size, size), mode="bilinear", align_corners=False))
+        out[torch.from_numpy(idx)] = (base + noise).clamp(0, 1)
+    # photo crops
+    idx = np.flatnonzero(kinds == 3)
+    if idx.size:
+        out[torch.from_numpy(idx)] = photo_crops(rng, idx.size, size)
+    return out
+
+
+def _contrasting_colours(rng: np.random.Generator, bg_mean: np.ndarray, n_candidates: int = 6) -> np.ndarray:
+    """For each background mean colour [m, 3], the random candidate colour farthest from it."""
+    m = len(bg_mean)
+    cand = _random_colours(rng, (m, n_candidates))
+    dist = np.linalg.norm(cand - bg_mean[:, None, :], axis=-1)
+    return cand[np.arange(m), dist.argmax(1)]
+
+
+def _paint(images: Tensor, alpha: Tensor, rng: np.random.Generator, shading: float = 0.15) -> np.ndarray:
+    """Paint objects with coverage ``alpha`` [m, H, W] over ``images`` [m, 3, H, W] in place.
+
+    Each object gets a colour that contrasts with the background under it and a faint linear
+    shading; returns the chosen base colours [m, 3].
+    """
+    m, _, h, w = images.shape
+    wsum = alpha.sum((1, 2)).clamp(min=1e-6)
+    bg_mean = ((images * alpha[:, None]).sum((2, 3)) / wsum[:, None]).numpy()
+    col = _contrasting_colours(rng, bg_mean)
+    ang = torch.from_numpy(rng.uniform(0, 2 * np.pi, m)).float()[:, None, None]
+    g = (torch.arange(h, dtype=torch.float32) + 0.5) / h - 0.5
+    shade = 1 + shading * 2 * (torch.cos(ang) * g[None, None, :] + torch.sin(ang) * g[None, :, None])
+    fill = (torch.from_numpy(col).float()[:, :, None, None] * shade[:, None]).clamp(0, 1)
+    a = alpha[:, None]
+    images.mul_(1 - a).add_(fill * a)
+    return col
+
+
+# --------------------------------------------------------------------------- argument checks
+def _check_size(size: object) -> int:
+    return check_int("size", size, low=32, high=64, hint=" (the embedded shapes are 32..64 px)")
+
+
+def _check_n(n: object) -> int:
+    return check_int("n", n, low=1, hint=" (the number of images to generate)")
+
+
+def _resolve_classes(classes: Sequence[str | int] | None) -> list[str]:
+    if classes is None:
+        return list(SHAPE_CLASSES)
+    if isinstance(classes, (str, int)):
+        raise TypeError(f"classes must be a sequence of names or indices, got {classes!r}; "
+                        f"e.g. classes=['circle', 'star']")
+    names: list[str] = []
+    for c in classes:
+        if isinstance(c, str):
+            if c not in SHAPE_CLASSES:
+                raise ValueError(f"classes: unknown shape class {c!r}; valid names: {', '.join(SHAPE_CLASSES)}")
+            names.append(c)
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool):
+            if not 0 <= c < len(SHAPE_CLASSES):
+                raise ValueError(f"classes: index {c} out of range 0..{len(SHAPE_CLASSES) - 1} "
+                                 f"(SHAPE_CLASSES = {SHAPE_CLASSES})")
+            names.append(SHAPE_CLASSES[int(c)])
+        else:
+            raise TypeError(f"classes: entries must be names or indices, got {c!r}")
+    if len(names) < 1:
+        raise ValueError("classes must name at least one shape class, e.g. ['circle', 'star']")
+    if len(set(names)) != len(names):
+        raise ValueError(f"classes must not repeat a class, got {list(classes)!r}")
+    return names
+
+
+def _background_kinds(rng: np.random.Generator, background: str, n: int) -> np.ndarray:
+    if background == "mixed":
+        return rng.integers(0, len(BACKGROUNDS), n)
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {(*BACKGROUNDS, 'mixed')}, got {background!r}")
+    return np.full(n, BACKGROUNDS.index(background))
+
+
+def _check_background(background: object) -> str:
+    if not isinstance(background, str) or background not in (*BACKGROUNDS, "mixed"):
+        raise ValueError(f"background must be one of {(*BACKGROUNDS, 'mixed')}, got {background!r}")
+    return background
+
+
+def _cue_pattern(side: int) -> Tensor:
+    """The spurious cue: a black/white pixel checkerboard of ``side x side`` ([3, side, side])."""
+    ij = torch.arange(side)
+    return ((ij[:, None] + ij[None, :]) % 2 == 0).float()[None].expand(3, -1, -1)
+
+
+# --------------------------------------------------------------------------- shapes
+def shapes(n: int = 1000, *, size: int = 32, seed: int = 0, classes: Sequence[str | int] | None = None,
+           background: str = "mixed", distractor: float = 0.0, spurious_class: str | int | None = None,
+           spurious_prob: float = 0.9, spurious_other_prob: float = 0.05,
+           scale: tuple[float, float] = (0.45, 0.8), rotate: bool = True, noise: float = 0.02) -> ImageSet:
+    """One coloured shape per RGB image, with its pixel mask; deterministic in ``seed``.
+
+    - ``classes``: names or indices of :data:`SHAPE_CLASSES` to draw (default all ten);
+      labels are re-indexed ``0..k-1`` in the order given. Classes are balanced (``n // k`` each,
+      the remainder spread over the first classes) and shuffled.
+    - ``background``: ``"flat"``, ``"gradient"``, ``"noise"``, ``"photo"`` (random crops of
+      scikit-image's photos) or ``"mixed"`` (each image draws one); ``info["background"]`` holds
+      the index into :data:`BACKGROUNDS`.
+    - ``scale``: range of the object's diameter as a fraction of ``size``; random colour
+      (contrasting with the background), rotation (if ``rotate``) and position (fully inside).
+    - ``distractor``: probability of a second, smaller object of another class, drawn first
+      (the labelled object is on top and never hidden); ``info["distractor_label"]`` (-1 if none,
+      else an index into ``classes``) and ``info["distractor_mask"]`` (its visible pixels).
+    - ``spurious_class`` (a name, or an index into the returned classes): a fixed cue, a
+      black/white checkerboard of side ``size // 8`` in the top-left corner, is drawn in a
+      fraction ``spurious_prob`` of that class's images and ``spurious_other_prob`` of the others;
+      ``info["cue"]`` [N] bool and ``info["cue_mask"]`` [N, H, W] bool.
+    - ``noise``: standard deviation of the per-pixel Gaussian noise added at the end.
+
+    ``masks`` is ``[N, H, W]`` bool: the labelled object's visible pixels (coverage > 0.5).
+    Used in labs 00-02, 05, 06 (saliency as weak segmentation, spurious-cue experiments).
+    """
+    n = _check_n(n)
+    size = _check_size(size)
+    names = _resolve_classes(classes)
+    background = _check_background(background)
+    distractor = check_prob("distractor", distractor)
+    spurious_prob = check_prob("spurious_prob", spurious_prob)
+    spurious_other_prob = check_prob("spurious_other_prob", spurious_other_prob)
+    scale = check_range("scale", scale, low=0.05, high=1.0)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 0.5:
+        raise ValueError(f"noise must be a float in [0, 0.5], got {noise!r}")
+    k = len(names)
+    if distractor > 0 and k < 2:
+        raise ValueError("distractor > 0 needs at least two classes (the distractor is of another class)")
+    spurious = None
+    if spurious_class is not None:
+        if isinstance(spurious_class, str):
+            if spurious_class not in names:
+                raise ValueError(f"spurious_class {spurious_class!r} is not among the classes drawn: {names}")
+            spurious = names.index(spurious_class)
+        elif isinstance(spurious_class, (int, np.integer)) and not isinstance(spurious_class, bool):
+            if not 0 <= spurious_class < k:
+                raise ValueError(f"spurious_class index {spurious_class} out of range 0..{k - 1} "
+                                 f"(an index into the classes drawn: {names})")
+            spurious = int(spurious_class)
+        else:
+            raise TypeError(f"spurious_class must be a class name, an index or None, got {spurious_class!r}")
+
+    rng = numpy_rng(seed)
+    # ---- per-sample parameters, all drawn before rendering
+    labels = rng.permutation(np.arange(n) % k)
+    kinds = _background_kinds(rng, background, n)
+    has_d = rng.random(n) < distractor
+    d_label = np.where(has_d, (labels + rng.integers(1, max(k, 2), n)) % k, -1)
+    diam = rng.uniform(*scale, n) * size
+    d_diam = rng.uniform(*scale, n) * size * 0.62
+    diam = np.where(has_d, diam * 0.62, diam)
+    radius, d_radius = diam / 2, d_diam / 2
+    theta = rng.uniform(0, 2 * np.pi, n) if rotate else np.zeros(n)
+    d_theta = rng.uniform(0, 2 * np.pi, n) if rotate else np.zeros(n)
+    # free placement: anywhere the disc fits
+    cx = radius + rng.random(n) * (size - 2 * radius)
+    cy = radius + rng.random(n) * (size - 2 * radius)
+    # with a distractor: the two objects on opposite sides of the centre
+    psi = rng.uniform(0, 2 * np.pi, n)
+    off = size * rng.uniform(0.18, 0.24, n)
+    mcx, mcy = size / 2 + off * np.cos(psi), size / 2 + off * np.sin(psi)
+    dcx, dcy = size / 2 - off * np.cos(psi), size / 2 - off * np.sin(psi)
+    cx, cy = np.where(has_d, np.clip(mcx, radius, size - radius), cx), np.where(has_d, np.clip(mcy, radius, size - radius), cy)
+    dcx, dcy = np.clip(dcx, d_radius, size - d_radius), np.clip(dcy, d_radius, size - d_radius)
+    cue = np.zeros(n, dtype=bool)
+    if spurious is not None:
+        p = np.where(labels == spurious, spurious_prob, spurious_other_prob)
+        cue = rng.random(n) < p
+
+    images = torch.empty(n, 3, size, size)
+    masks = torch.empty(n, size, size, dtype=torch.bool)
+    d_masks = torch.zeros(n, size, size, dtype=torch.bool)
+    colours = np.zeros((n, 3), dtype=np.float32)
+    side = max(3, size // 8)
+    cue_img = _cue_pattern(side)
+    for start in range(0, n, _CHUNK):
+        sl = slice(start, min(n, start + _CHUNK))
+        m = sl.stop - sl.start
+        img = _backgrounds(rng, kinds[sl], size)
+        idx_d = np.flatnonzero(has_d[sl])
+        if idx_d.size:
+            a_d = _render_alpha(names, d_label[sl][idx_d], dcx[sl][idx_d], dcy[sl][idx_d], d_radius[sl][idx_d],
+                                d_theta[sl][idx_d], size)
+            sub = img[torch.from_numpy(idx_d)]
+            _paint(sub, a_d, rng)
+            img[torch.from_numpy(idx_d)] = sub
+        alpha = _render_alpha(names, labels[sl], cx[sl], cy[sl], radius[sl], theta[sl], size)
+        colours[sl] = _paint(img, alpha, rng)
+        mask = alpha > 0.5
+        if idx_d.size:
+            dm = torch.zeros(m, size, size, dtype=torch.bool)
+            dm[torch.from_numpy(idx_d)] = a_d > 0.5
+            d_masks[sl] = dm & ~mask
+        idx_c = np.flatnonzero(cue[sl])
+        if idx_c.size:
+            t = torch.from_numpy(idx_c)
+            img[t, :, 1:1 + side, 1:1 + side] = cue_img
+            mask[t, 1:1 + side, 1:1 + side] = False
+            if idx_d.size:
+                d_masks[sl][t, 1:1 + side, 1:1 + side] = False
+        if noise > 0:
+            img.add_(torch.from_numpy(rng.normal(0, noise, (m, 3, size, size)).astype(np.float32)))
+        images[sl] = img.clamp_(0.0, 1.0)
+        masks[sl] = mask
+    cue_t = torch.from_numpy(cue)
+    cue_mask = torch.zeros(n, size, size, dtype=torch.bool)
+    cue_mask[cue_t, 1:1 + side, 1:1 + side] = True
+    info = {
+        "background": torch.from_numpy(kinds.astype(np.int64)),
+        "distractor_label": torch.from_numpy(d_label.astype(np.int64)),
+        "distractor_mask": d_masks,
+        "cue": cue_t,
+        "cue_mask": cue_mask,
+        "center": torch.from_numpy(np.stack([cx, cy], 1).astype(np.float32)),
+        "radius": torch.from_numpy(radius.astype(np.float32)),
+        "angle": torch.from_numpy(theta.astype(np.float32)),
+        "colour": torch.from_numpy(colours),
+    }
+    return ImageSet(images, torch.from_numpy(labels.astype(np.int64)), names, masks, info, name="shapes")
+
+
+# --------------------------------------------------------------------------- scenes
+def scenes(n: int = 500, *, size: int = 64, seed: int = 0, classes: Sequence[str | int] | None = None,
+           objects: tuple[int, int] = (1, 3), background: str = "mixed",
+           scale: tuple[float, float] = (0.3, 0.55), noise: float = 0.02) -> ImageSet:
+    """Images with several shapes of distinct classes, and a per-pixel class map.
+
+    ``objects = (lo, hi)``: each image holds between ``lo`` and ``hi`` objects (inclusive), of
+    distinct classes, placed in distinct cells of a jittered grid so that they overlap little;
+    later-drawn objects occlude earlier ones. ``masks`` is ``[N, H, W]`` int64 with 0 for the
+    background and ``k + 1`` for ``classes[k]``; ``labels`` is the class of the largest visible
+    object; ``info["present"]`` ``[N, K]`` bool says which classes have visible pixels (exactly
+    ``(masks == k + 1).any()``) and ``info["count"]`` how many objects were drawn.
+    Used in lab 08 (segmentation) and lab 06 (class-discriminative Grad-CAM on two objects).
+    """
+    n = _check_n(n)
+    size = _check_size(size)
+    names = _resolve_classes(classes)
+    background = _check_background(background)
+    scale = check_range("scale", scale, low=0.05, high=1.0)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 0.5:
+        raise ValueError(f"noise must be a float in [0, 0.5], got {noise!r}")
+    k = len(names)
+    try:
+        lo, hi = (int(v) for v in objects)
+    except (TypeError, ValueError):
+        raise TypeError(f"objects must be a pair (lo, hi) of ints, got {objects!r}") from None
+    if not 1 <= lo <= hi <= min(k, 9):
+        raise ValueError(f"objects must satisfy 1 <= lo <= hi <= min(number of classes, 9) = {min(k, 9)}, "
+                         f"got {objects!r}")
+    rng = numpy_rng(seed)
+    count = rng.integers(lo, hi + 1, n)
+    kinds = _background_kinds(rng, background, n)
+    cls = np.argsort(rng.random((n, k)), axis=1)[:, :hi]  # distinct classes per image
+    g = 1 if hi == 1 else (2 if hi <= 4 else 3)
+    cells = np.argsort(rng.random((n, g * g)), axis=1)[:, :hi]
+    cell = size / g
+    radius = rng.uniform(*scale, (n, hi)) * size / 2
+    jit = rng.uniform(-1, 1, (n, hi, 2))
+    slack = np.maximum(cell / 2 - radius, 0) + 0.15 * cell
+    cx = (cells % g + 0.5) * cell + jit[..., 0] * slack
+    cy = (cells // g + 0.5) * cell + jit[..., 1] * slack
+    cx, cy = np.clip(cx, radius, size - radius), np.clip(cy, radius, size - radius)
+    theta = rng.uniform(0, 2 * np.pi, (n, hi))
+
+    images = torch.empty(n, 3, size, size)
+    cmap = torch.zeros(n, size, size, dtype=torch.int64)
+    for start in range(0, n, _CHUNK):
+        sl = slice(start, min(n, start + _CHUNK))
+        m = sl.stop - sl.start
+        img = _backgrounds(rng, kinds[sl], size)
+        cm = torch.zeros(m, size, size, dtype=torch.int64)
+        for j in range(hi):
+            idx = np.flatnonzero(count[sl] > j)
+            if idx.size == 0:
+                continue
+            a = _render_alpha(names, cls[sl][idx, j], cx[sl][idx, j], cy[sl][idx, j], radius[sl][idx, j],
+                              theta[sl][idx, j], size)
+            t = torch.from_numpy(idx)
+            sub = img[t]
+            _paint(sub, a, rng)
+            img[t] = sub
+            sub_cm = cm[t]
+            sub_cm[a > 0.5] = 0
+            sub_cm += (a > 0.5).long() * torch.from_numpy(cls[sl][idx, j] + 1)[:, None, None]
+            cm[t] = sub_cm
+        if noise > 0:
+            img.add_(torch.from_numpy(rng.normal(0, noise, (m, 3, size, size)).astype(np.float32)))
+        images[sl] = img.clamp_(0.0, 1.0)
+        cmap[sl] = cm
+    areas = torch.stack([(cmap == c + 1).sum((1, 2)) for c in range(k)], 1)  # [N, K]
+    present = areas > 0
+    labels = areas.argmax(1)
+    info = {"present": present, "count": torch.from_numpy(count.astype(np.int64)), "areas": areas}
+    return ImageSet(images, labels, names, cmap, info, name="scenes")
