@@ -53,7 +53,9 @@ def setup(profile: str = "standard", data: str = "embedded", seed: int = 0, *,
         raise ValueError(f"DATA must be one of {DATA_MODES}, got {data!r}")
     seed = seed_everything(seed)
     if threads is not None:
-        torch.set_num_threads(int(threads))
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int (or None to keep torch's default), got {threads!r}")
+        torch.set_num_threads(threads)
     dev = get_device(device)
     set_meta(profile=profile, data=data, seed=seed, device=str(dev), **extra)
     if not quiet:
