@@ -74,6 +74,20 @@ def as_loader(data: DataLike, *, batch_size: int = 64, shuffle: bool = False, se
                       generator=make_generator(seed) if shuffle else None)
 
 
+def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """An explicit ``device``, else where the model's parameters live (never moves the model).
+
+    ``"auto"`` would pick CUDA even for a model left on the CPU and fail with a device mismatch.
+    """
+    if device is not None:
+        return get_device(device) if isinstance(device, str) else device
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return get_device("auto")
+
+
 def _accuracy_count(logits: Tensor, y: Tensor) -> int:
     return int((logits.argmax(1) == y).sum())
 
@@ -81,8 +95,11 @@ def _accuracy_count(logits: Tensor, y: Tensor) -> int:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataLike, *, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
              device: torch.device | str | None = None, batch_size: int = 256) -> dict[str, float]:
-    """Mean loss and accuracy of a classifier on ``data`` (eval mode; the mode is restored)."""
-    device = get_device(device or "auto") if device is None or isinstance(device, str) else device
+    """Mean loss and accuracy of a classifier on ``data`` (eval mode; the mode is restored).
+
+    ``device=None`` uses the device the model's parameters are on.
+    """
+    device = _resolve_device(model, device)
     loss_fn = loss_fn or nn.functional.cross_entropy
     was_training = model.training
     model.eval()
@@ -105,8 +122,8 @@ def evaluate(model: nn.Module, data: DataLike, *, loss_fn: Callable[[Tensor, Ten
 @torch.no_grad()
 def predict(model: nn.Module, data: DataLike, *, device: torch.device | str | None = None,
             batch_size: int = 256) -> Tensor:
-    """Logits for every sample of ``data`` (on the CPU), in order."""
-    device = get_device(device or "auto") if device is None or isinstance(device, str) else device
+    """Logits for every sample of ``data`` (on the CPU), in order; ``device=None``: the model's device."""
+    device = _resolve_device(model, device)
     was_training = model.training
     model.eval()
     outs = []
@@ -117,6 +134,8 @@ def predict(model: nn.Module, data: DataLike, *, device: torch.device | str | No
                 outs.append(model(to_device(x, device)).float().cpu())
     finally:
         model.train(was_training)
+    if not outs:
+        raise ValueError("predict: the data is empty")
     return torch.cat(outs)
 
 
