@@ -71,10 +71,15 @@ def overlay(ax: Any, image: torch.Tensor, heatmap: torch.Tensor, *, alpha: float
     """Draw ``image`` with a normalized ``heatmap`` on top (Grad-CAM style)."""
     img = np.clip(to_numpy_image(image), 0, 1)
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
-    hm = heatmap
-    if isinstance(hm, torch.Tensor) and hm.shape[-2:] != tuple(img.shape[:2]):
-        hm = torch.nn.functional.interpolate(hm.detach().float().cpu()[None, None], size=img.shape[:2],
-                                             mode="bilinear", align_corners=False)[0, 0]
+    hm = torch.as_tensor(np.asarray(heatmap.detach().float().cpu() if isinstance(heatmap, torch.Tensor) else heatmap,
+                                    dtype=np.float32))
+    while hm.dim() > 2 and hm.shape[0] == 1:  # [1, H, W] maps (one channel) are 2-D maps
+        hm = hm[0]
+    if hm.dim() != 2:
+        raise ValueError(f"heatmap must be [H, W] (or [1, H, W]), got shape {tuple(hm.shape)}")
+    if tuple(hm.shape) != tuple(img.shape[:2]):  # resize (e.g. a 7x7 Grad-CAM map) to the image
+        hm = torch.nn.functional.interpolate(hm[None, None], size=img.shape[:2], mode="bilinear",
+                                             align_corners=False)[0, 0]
     ax.imshow(normalize_map(hm), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
     ax.axis("off")
 
@@ -83,13 +88,20 @@ def show_heatmaps(images: torch.Tensor, maps: Mapping[str, torch.Tensor] | torch
                   overlay_maps: bool = True, size: float = 1.6, cmap: str = "jet",
                   row_titles: Sequence[str] | None = None) -> Figure:
     """One row per image: the image, then each method's map (overlaid or alone), titled by method."""
-    if isinstance(maps, torch.Tensor):
+    if isinstance(maps, (torch.Tensor, np.ndarray)):
         maps = {"map": maps}
     n = len(images)
+    if n == 0:
+        raise ValueError("show_heatmaps needs at least one image")
+    for name, m in maps.items():
+        if len(m) != n:
+            raise ValueError(f"maps[{name!r}] has {len(m)} maps for {n} images; give one map per image")
+    if row_titles is not None and len(row_titles) != n:
+        raise ValueError(f"row_titles has {len(row_titles)} entries for {n} images")
     cols = 1 + len(maps)
     fig, axes = plt.subplots(n, cols, figsize=(size * cols, size * n), squeeze=False)
     for i in range(n):
-        axes[i, 0].imshow(np.clip(to_numpy_image(images[i]), 0, 1), cmap="gray")
+        axes[i, 0].imshow(np.clip(to_numpy_image(images[i]), 0, 1), cmap="gray", vmin=0, vmax=1)
         axes[i, 0].axis("off")
         if row_titles is not None:
             axes[i, 0].set_title(str(row_titles[i]), fontsize=8)
@@ -97,7 +109,8 @@ def show_heatmaps(images: torch.Tensor, maps: Mapping[str, torch.Tensor] | torch
             if overlay_maps:
                 overlay(axes[i, j], images[i], m[i], cmap=cmap)
             else:
-                axes[i, j].imshow(normalize_map(m[i]), cmap="gray" if m[i].dim() == 2 else None)
+                shown = normalize_map(m[i])
+                axes[i, j].imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1)
                 axes[i, j].axis("off")
             if i == 0:
                 axes[i, j].set_title(name, fontsize=8)
