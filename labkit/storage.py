@@ -34,7 +34,7 @@ _CHUNK = 1 << 20
 #: How to provide missing real data, appended to every :class:`DataNotFoundError` by default.
 PROVIDE_HINT = (
     "To provide it, copy the course's data mirror into the data root "
-    "(`labkit data --from-mirror ../shared/datasets`, or `cp -r ../shared/datasets/. {root}/`), "
+    "(`labkit data --from-mirror ../shared/datasets --root {root}`, or `cp -r ../shared/datasets/. {root}/`), "
     "or point LABKIT_DATA at a writable copy of it (`export LABKIT_DATA=/path/to/datasets-copy`)."
 )
 
@@ -207,6 +207,4 @@ def require(name: str, relative_paths: str | os.PathLike | Sequence[str | os.Pat
     if not missing:
         return base
     how = PROVIDE_HINT.format(root=base)
-    if root is not None:
-        how += f" (This call looked in root={str(base)!r}; pass root=None to use the data root.)"
     raise DataNotFoundError(name, missing, f"{hint} {how}".strip() if hint else how)
