@@ -33,7 +33,7 @@ labs: setup
 	$(BIN)/labkit run --all --profile $(PROFILE) --in-place
 
 site: setup
-	$(BIN)/jupyter-book build . --warningiserror --nitpicky --keep-going --path-output . --quiet
+	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going --quiet
 
 book: labs site
 	@echo "Site built: $(CURDIR)/_build/html/index.html"
