@@ -175,6 +175,9 @@ def test_hymenoptera_bad_split_and_missing(tmp_path):
     with pytest.raises(DataNotFoundError) as err:
         real.hymenoptera("val", root=tmp_path)
     assert "hymenoptera" in str(err.value) and str(tmp_path.resolve() / "hymenoptera_data" / "val") in str(err.value)
+    (tmp_path / "hymenoptera_data" / "val" / "ants").mkdir(parents=True)  # a folder without images
+    with pytest.raises(DataNotFoundError, match="hymenoptera"):
+        real.hymenoptera("val", root=tmp_path)
 
 
 # ---------------------------------------------------------------- ImageNet samples

@@ -306,9 +306,12 @@ def hymenoptera(split: str = "train", *, root: str | os.PathLike | None = None, 
     base = require("hymenoptera", [f"hymenoptera_data/{split}"], root=_root(root))
     from torchvision.datasets import ImageFolder
 
-    folder = ImageFolder(str(base / "hymenoptera_data" / split))
-    if len(folder.samples) == 0:  # pragma: no cover - ImageFolder raises on empty folders already
-        raise DataNotFoundError("hymenoptera", [base / "hymenoptera_data" / split / "*" / "*.jpg"])
+    split_dir = base / "hymenoptera_data" / split
+    try:
+        folder = ImageFolder(str(split_dir))
+    except FileNotFoundError as exc:  # the folder exists but holds no class folders / images
+        raise DataNotFoundError("hymenoptera", [split_dir / "ants" / "*.jpg", split_dir / "bees" / "*.jpg"],
+                                f"({exc}) Re-copy hymenoptera_data from ../shared/datasets.") from exc
     paths = [Path(p) for p, _ in folder.samples]
     labels = torch.tensor([t for _, t in folder.samples], dtype=torch.int64)
     return ImageSet(_load_photos(paths, size), labels, list(folder.classes), name=f"hymenoptera-{split}")
