@@ -1,0 +1,250 @@
+"""What a network "wants to see": images synthesized by gradient ascent.
+
+- :func:`class_visualization`: Simonyan, Vedaldi & Zisserman 2014, "Deep inside
+  convolutional networks": maximize the pre-softmax score of a class minus an L2 penalty.
+- :func:`activation_maximization`: the same ascent on the mean activation of one channel
+  (or one unit of a dense layer), Erhan et al. 2009.
+- Regularizers of Yosinski et al. 2015, "Understanding neural networks through deep
+  visualization": periodic Gaussian blur, jitter (a random roll of the image), clipping of
+  pixels with a small norm; the step is the CS231n one, ``x += lr * g / ||g||``.
+
+Used in lab 04 (and the activation maps of lab 05).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .hooks import capture, get_layer, preserve_state
+from .reproducibility import make_generator
+
+__all__ = ["class_visualization", "activation_maximization", "gaussian_blur"]
+
+
+def gaussian_blur(images: Tensor, sigma: float, *, kernel_size: int | None = None) -> Tensor:
+    """Blur ``[B, C, H, W]`` (or ``[C, H, W]``) images with a Gaussian of std ``sigma`` pixels.
+
+    Separable, channel by channel, edges replicated; ``kernel_size`` defaults to
+    ``2 * ceil(3 * sigma) + 1``; ``sigma = 0`` returns a copy. Returns a new tensor. Used by
+    :func:`class_visualization` (Yosinski et al. 2015) and as the blurred baseline of
+    ``lk.insertion_curve`` (Petsiuk et al. 2018).
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or sigma < 0:
+        raise ValueError(f"sigma must be a number >= 0 (pixels), got {sigma!r}")
+    single = images.dim() == 3
+    x = images.unsqueeze(0) if single else images
+    if x.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W] or [C, H, W], got {tuple(images.shape)}")
+    if sigma == 0:
+        return images.clone()
+    k = kernel_size if kernel_size is not None else 2 * math.ceil(3 * sigma) + 1
+    if not isinstance(k, int) or k < 1 or k % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd positive int, got {kernel_size!r}")
+    r = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
+    w = torch.exp(-(r**2) / (2 * float(sigma) ** 2))
+    w = w / w.sum()
+    c = x.shape[1]
+    pad = k // 2
+    y = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    y = F.conv2d(y, w.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+    y = F.conv2d(y, w.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+    return y[0] if single else y
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and parameters without ``requires_grad`` (faster ascent); restored on exit."""
+    with preserve_state(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield
+
+
+def _channel_stats(value: Sequence[float] | Tensor | None, name: str, c: int, like: Tensor) -> Tensor | None:
+    if value is None:
+        return None
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1)
+    if t.numel() not in (1, c):
+        raise ValueError(f"{name} must have 1 or {c} values (one per channel), got {t.numel()}")
+    return t.expand(c).reshape(1, c, 1, 1)
+
+
+def _classes(target: int | Sequence[int] | Tensor, name: str) -> Tensor:
+    if isinstance(target, bool):
+        raise TypeError(f"{name} must be an int or a 1-D sequence of ints, got a bool")
+    t = torch.as_tensor(target)
+    if t.dtype.is_floating_point or t.dim() > 1 or t.numel() == 0:
+        raise TypeError(f"{name} must be an int or a non-empty 1-D sequence of ints, got {target!r}")
+    return t.reshape(-1).long()
+
+
+def _ascent(model: nn.Module, objective: Callable[[Tensor], Tensor], n: int, *, shape: Sequence[int],
+            steps: int, lr: float, l2: float, blur_every: int, blur_sigma: float, jitter: int,
+            clip_percentile: float, init: Tensor | None, seed: int, mean, std,
+            clamp: tuple[float, float] | None, callback: Callable | None,
+            return_history: bool) -> Tensor | tuple[Tensor, Tensor]:
+    """Gradient ascent of ``objective(x_model) -> [n]`` on ``n`` images; see class_visualization."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, v in (("steps", steps), ("blur_every", blur_every), ("jitter", jitter)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an int >= 0 (0 disables), got {v!r}")
+    for name, v in (("lr", lr), ("l2", l2), ("blur_sigma", blur_sigma)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    if not 0 <= clip_percentile < 100:
+        raise ValueError(f"clip_percentile must lie in [0, 100) (0 disables), got {clip_percentile!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable(step, images) or None, got {callback!r}")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    gen = make_generator(seed)
+    if init is not None:
+        if not isinstance(init, Tensor):
+            raise TypeError(f"init must be a tensor image in [0, 1] (pixel space) or None, got {type(init).__name__}")
+        x0 = init.detach().to(device=device, dtype=torch.float32)
+        x0 = x0.unsqueeze(0) if x0.dim() == 3 else x0
+        if x0.dim() != 4 or x0.shape[0] not in (1, n):
+            raise ValueError(f"init must be [C, H, W] or [1 or {n}, C, H, W], got {tuple(init.shape)}")
+        x0 = x0.expand(n, -1, -1, -1)
+    else:
+        if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise ValueError(f"shape must be (C, H, W) with positive ints, got {shape!r}")
+        x0 = (0.5 + 0.1 * torch.randn((n, *shape), generator=gen)).clamp(0, 1).to(device)
+    c = x0.shape[1]
+    m = _channel_stats(mean, "mean", c, x0)
+    s = _channel_stats(std, "std", c, x0)
+    if (m is None) != (s is None):
+        raise ValueError("give both mean and std (the model's input normalization) or neither")
+    if s is not None and (s <= 0).any():
+        raise ValueError(f"std must be > 0, got {std!r}")
+
+    def to_model(p: Tensor) -> Tensor:
+        return p if m is None else (p - m) / s
+
+    def to_pixels(z: Tensor) -> Tensor:
+        return z if m is None else z * s + m
+
+    # reference colour (pulled to by L2, written by clipping): the mean colour, grey without mean/std
+    ref = torch.full((1, c, 1, 1), 0.5, device=device) if m is None else m.clone()
+    ref_model = to_model(ref)
+    lo = hi = None
+    if clamp is not None:
+        lo, hi = to_model(torch.full_like(ref, float(clamp[0]))), to_model(torch.full_like(ref, float(clamp[1])))
+    x = to_model(x0).clone()
+    history: list[Tensor] = []
+    with _frozen(model):
+        for step in range(steps + 1):
+            x.requires_grad_(True)
+            xin = x
+            if jitter and step < steps:
+                dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
+                xin = torch.roll(x, shifts=(dy, dx), dims=(2, 3))  # the gradient flows back un-rolled
+            score = objective(xin)
+            history.append(score.detach().float().cpu())
+            if step == steps:
+                break
+            total = score.sum() - l2 * ((x - ref_model) ** 2).sum()
+            (g,) = torch.autograd.grad(total, x)
+            with torch.no_grad():
+                norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                x = x.detach() + lr * g / norm
+                if blur_every and (step + 1) % blur_every == 0 and blur_sigma > 0:
+                    x = gaussian_blur(x, blur_sigma)
+                if clip_percentile > 0:
+                    dev = (x - ref_model).norm(dim=1)  # [n, H, W]
+                    thr = torch.quantile(dev.flatten(1), clip_percentile / 100, dim=1).view(-1, 1, 1)
+                    x = torch.where((dev < thr)[:, None], ref_model.expand_as(x), x)
+                if lo is not None:
+                    x = torch.maximum(torch.minimum(x, hi), lo)
+            if callback is not None:
+                callback(step, to_pixels(x.detach()))
+    out = to_pixels(x.detach())
+    if return_history:
+        return out, torch.stack(history, 1)
+    return out
+
+
+def class_visualization(model: nn.Module, target: int | Sequence[int] | Tensor, *,
+                        shape: Sequence[int] = (3, 32, 32), steps: int = 200, lr: float = 1.0,
+                        l2: float = 1e-3, blur_every: int = 0, blur_sigma: float = 0.5, jitter: int = 0,
+                        clip_percentile: float = 0.0, init: Tensor | None = None, seed: int = 0,
+                        mean: Sequence[float] | Tensor | None = None, std: Sequence[float] | Tensor | None = None,
+                        clamp: tuple[float, float] | None = (0.0, 1.0), callback: Callable | None = None,
+                        return_history: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Simonyan et al. 2014's class model: ``argmax_x S_c(x) - l2 * ||x - ref||^2`` by gradient ascent.
+
+    ``S_c`` is the pre-softmax score of class ``target`` (an int, or several classes: one image
+    each). Each step is ``x += lr * g / ||g||`` (per image, CS231n). Yosinski et al. 2015's
+    regularizers, each disabled by 0: ``blur_every`` steps a Gaussian blur of ``blur_sigma``
+    pixels; ``jitter``: the image is rolled by up to that many pixels before each forward pass
+    (the gradient flows back through the roll, so it is undone); ``clip_percentile``: pixels whose
+    deviation from the reference colour is below that percentile are set to it. The reference
+    colour ``ref`` is ``mean`` (grey 0.5 without normalization). ``init`` (pixel space, ``[C, H, W]``)
+    starts from a real image instead of seeded noise. ``mean``/``std``: the normalization the model
+    expects; the ascent runs in the model's input space and the result is returned in pixel space,
+    kept in ``clamp`` (None: unbounded). ``callback(step, images)`` is called after every step.
+    Returns ``[B, C, H, W]`` images (and ``[B, steps + 1]`` target scores with ``return_history``;
+    entry t is the score at step t, on the jittered image when jitter is on, the last one on the
+    final image). The model is left as found (eval mode and frozen parameters during the ascent).
+    Used in lab 04.
+    """
+    classes = _classes(target, "target")
+    n = len(classes)
+
+    def objective(x: Tensor) -> Tensor:
+        out = model(x)
+        if out.dim() != 2:
+            raise ValueError(f"class_visualization needs a classifier with [B, K] outputs, got {tuple(out.shape)}")
+        if classes.max() >= out.shape[1] or classes.min() < 0:
+            raise ValueError(f"target classes must lie in [0, {out.shape[1]}), got {classes.tolist()}")
+        return out.gather(1, classes.to(out.device)[:, None])[:, 0]
+
+    return _ascent(model, objective, n, shape=shape, steps=steps, lr=lr, l2=l2, blur_every=blur_every,
+                   blur_sigma=blur_sigma, jitter=jitter, clip_percentile=clip_percentile, init=init, seed=seed,
+                   mean=mean, std=std, clamp=clamp, callback=callback, return_history=return_history)
+
+
+def activation_maximization(model: nn.Module, layer: str, channel: int | Sequence[int] | Tensor, *,
+                            shape: Sequence[int] = (3, 32, 32), steps: int = 200, lr: float = 1.0,
+                            l2: float = 1e-3, blur_every: int = 0, blur_sigma: float = 0.5, jitter: int = 0,
+                            clip_percentile: float = 0.0, init: Tensor | None = None, seed: int = 0,
+                            mean: Sequence[float] | Tensor | None = None,
+                            std: Sequence[float] | Tensor | None = None,
+                            clamp: tuple[float, float] | None = (0.0, 1.0), callback: Callable | None = None,
+                            return_history: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Images maximizing the mean activation of ``channel`` at ``layer`` (one unit for a dense layer).
+
+    Erhan et al. 2009's activation maximization with the regularizers and options of
+    :func:`class_visualization` (several channels: one image each). ``layer`` is a dotted name
+    (``"features.3"``); the activation is read with ``lk.capture``. Used in lab 04 (channels
+    layer by layer: edges to textures).
+    """
+    channels = _classes(channel, "channel")
+    get_layer(model, layer)  # unknown names raise ValueError listing the valid ones
+
+    def objective(x: Tensor) -> Tensor:
+        with capture(model, layer) as cap:
+            model(x)
+        a = cap.activations[layer]
+        if a.dim() < 2:
+            raise ValueError(f"layer {layer!r} gives outputs of shape {tuple(a.shape)}; pick a layer with "
+                             "[B, C, ...] outputs")
+        if channels.max() >= a.shape[1] or channels.min() < 0:
+            raise ValueError(f"channel must lie in [0, {a.shape[1]}) for layer {layer!r}, got {channels.tolist()}")
+        picked = a[torch.arange(len(channels), device=a.device), channels.to(a.device)]
+        return picked.flatten(1).mean(1) if picked.dim() > 1 else picked
+
+    return _ascent(model, objective, len(channels), shape=shape, steps=steps, lr=lr, l2=l2,
+                   blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter, clip_percentile=clip_percentile,
+                   init=init, seed=seed, mean=mean, std=std, clamp=clamp, callback=callback,
+                   return_history=return_history)
