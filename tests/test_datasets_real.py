@@ -82,7 +82,7 @@ def test_mnist_missing(tmp_path, no_network):
     with pytest.raises(DataNotFoundError) as err:
         real.mnist(root=tmp_path)
     msg = str(err.value)
-    assert "mnist" in msg and str(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz") in msg
+    assert "mnist" in msg and str(tmp_path.resolve() / "MNIST" / "raw" / "train-images-idx3-ubyte.gz") in msg
     assert "shared/datasets" in msg
 
 
@@ -156,7 +156,7 @@ def test_mnist_m_missing_backgrounds(tmp_path, mirror_root):
     with pytest.raises(DataNotFoundError) as err:
         real.mnist_m(root=root, limit=5)
     msg = str(err.value)
-    assert "mnist_m" in msg and str(root / "BSDS500" / "images" / "train") in msg
+    assert "mnist_m" in msg and str(root.resolve() / "BSDS500" / "images" / "train") in msg
 
 
 # ---------------------------------------------------------------- hymenoptera
