@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["get_model", "list_models", "register_model", "count_parameters"]
+__all__ = ["get_model", "list_models", "register_model", "count_parameters", "torchvision_model",
+           "find_weights", "WeightsNotFoundError", "TORCHVISION_ARCHS"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DOCS: dict[str, str] = {}
@@ -44,7 +45,29 @@ def _load_all() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != f"{__name__}.{sub}":
                 raise
+    _register_torchvision()
     _loaded = True
+
+
+def __getattr__(name: str) -> Any:
+    # torchvision's architectures and their weight lookup live in .pretrained (imports torchvision).
+    if name in ("torchvision_model", "find_weights", "WeightsNotFoundError", "TORCHVISION_ARCHS"):
+        from . import pretrained
+
+        return getattr(pretrained, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _register_torchvision() -> None:
+    from .pretrained import TORCHVISION_ARCHS, torchvision_model
+
+    for arch in TORCHVISION_ARCHS:
+        if arch not in _REGISTRY:
+            def build(*, _arch: str = arch, **kw: Any) -> nn.Module:
+                return torchvision_model(_arch, **kw)
+
+            build.__doc__ = f"torchvision {arch} (``weights='imagenet'`` or ``'random'``; see torchvision_model)"
+            register_model(arch)(build)
 
 
 def list_models() -> list[str]:
