@@ -1,0 +1,757 @@
+"""Batch grading of a folder of submissions with the lab's hidden tests (``labkit grade``).
+
+Design after nbgrader (Jupyter Development Team, JOSE 2019) and otter-grader, made robust for a
+2-core machine without Docker: each submission runs in its own sandbox (``sandbox.py``) with
+time, memory and output limits; the hidden tests run after the submission's cells in the same
+kernel, with check machinery the submission cannot reach (``kernel_code.py``); every result is
+written atomically as soon as it is known, so a killed batch resumes where it stopped.
+Used for every lab.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .instructor import InstructorLab, load_instructor_lab
+from .kernel_code import MARK, collect_cell, guard_cell, restore_cell
+from .sandbox import Isolation, SandboxOutcome, kernel_argv, probe_isolation, run_sandbox
+
+__all__ = ["STATUSES", "DEFAULT_MEMORY_MB", "GradeResult", "BatchReport", "grade_submissions",
+           "discover_submissions", "suspicious_patterns"]
+
+STATUSES = ("ok", "failed-checks", "error", "timeout", "memory", "kernel-died", "not-a-notebook",
+            "missing-parameters", "output-too-large", "grader-error")
+DEFAULT_MEMORY_MB = 4096
+KERNEL_NAME = "labkit-grader"
+RESULT_FILE = "result.json"
+
+# Source patterns an instructor may want to look at (flagged, never penalised).
+SUSPICIOUS = {
+    "sys.modules": r"\bsys\.modules\b",
+    "builtins": r"\b__builtins__\b|\bimport builtins\b|\bbuiltins\.",
+    "tracing": r"\bset(trace|profile)\b",
+    "gc": r"\bgc\.get_(objects|referrers|referents)\b",
+    "ctypes": r"\bctypes\b",
+    "ipython-hooks": r"input_transformers|ast_transformers|events\.register|register_magic",
+    "grader-internals": r"_labkit_grader|LABKIT-GRADER|labkit\.results|\b_STORE\b|\b_cache\b",
+    "redefines-check": r"\b(lk|labkit)\.(check|record)\s*=|\bdef\s+check\s*\(",
+    "history": r"\b(In|_ih|_i\d*)\s*\[|history_manager",
+    "processes": r"\bsubprocess\b|\bos\.(fork|system|popen|exec\w*|setsid)\b|\bmultiprocessing\b",
+    "threads": r"\bthreading\b|\b_thread\b",
+    "/proc": r"/proc/",
+    "code-objects": r"__code__|__globals__|__closure__",
+}
+_MEMORY_TEXT = re.compile(r"MemoryError|can't allocate memory|Cannot allocate memory|std::bad_alloc|out of memory"
+                          r"|not enough memory|Unable to allocate", re.I)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass
+class GradeResult:
+    """The grade of one submission (also ``OUT/<id>/result.json``)."""
+
+    id: str
+    status: str
+    total: float = 0.0
+    max: float = 0.0
+    points: dict[str, float] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+    flags: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    source: str = ""
+    fingerprint: str = ""
+    lab: str = ""
+    profile: str = ""
+    isolation: str = ""
+    first_error: dict[str, Any] | None = None
+    graded_at: str = ""
+
+    def row(self, check_names: list[str]) -> dict[str, Any]:
+        row: dict[str, Any] = {"id": self.id, "status": self.status}
+        for name in check_names:
+            row[name] = _fmt(self.points.get(name, 0.0))
+        row.update(total=_fmt(self.total), max=_fmt(self.max), wall_s=f"{self.wall_s:.1f}",
+                   message=self.message, flags="; ".join(self.flags))
+        return row
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+@dataclass
+class BatchReport:
+    """What :func:`grade_submissions` did."""
+
+    lab: str
+    output_dir: Path
+    results: list[GradeResult]
+    resumed: list[str]
+    isolation: Isolation
+    wall_s: float
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.results:
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+    def summary(self) -> str:
+        n = len(self.results)
+        lines = [f"graded {n - len(self.resumed)} submission(s) of {self.lab} in {self.wall_s:.1f} s"
+                 + (f"; {len(self.resumed)} already graded (skipped; --force regrades)" if self.resumed else "")]
+        for status, count in sorted(self.counts().items(), key=lambda kv: STATUSES.index(kv[0]) if kv[0] in STATUSES else 99):
+            lines.append(f"  {status:<19} {count}")
+        if self.results:
+            mean = sum(r.total for r in self.results) / n
+            lines.append(f"  mean points         {mean:.2f} / {self.results[0].max:g}")
+        lines.append(f"isolation: {self.isolation.describe()}")
+        lines.append(f"grades: {self.output_dir / 'grades.csv'}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _safe_id(name: str) -> str:
+    ident = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip("._-")[:100]
+    return ident or "submission"
+
+
+def discover_submissions(folder: str | os.PathLike, *, lab_name: str = "") -> list[tuple[str, Path]]:
+    """``(id, path)`` of each submission: ``*.ipynb`` files, and folders holding notebooks.
+
+    A folder's id is its name; it should hold one notebook (else the one named like the lab,
+    else the first by name). Hidden files are ignored; ids are made file-name safe and unique.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"submissions folder {root} does not exist or is not a folder")
+    found: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.suffix == ".ipynb":
+            ident, path = _safe_id(entry.stem), entry
+        elif entry.is_dir():
+            nbs = sorted(p for p in entry.rglob("*.ipynb") if not any(part.startswith(".") for part in p.relative_to(entry).parts))
+            if not nbs:
+                continue
+            named = [p for p in nbs if p.stem == lab_name]
+            ident, path = _safe_id(entry.name), (named or nbs)[0]
+        else:
+            continue
+        base, k = ident, 2
+        while ident in seen:
+            ident, k = f"{base}-{k}", k + 1
+        seen.add(ident)
+        found.append((ident, path))
+    return found
+
+
+def suspicious_patterns(nb: Any) -> list[str]:
+    """Names of :data:`SUSPICIOUS` patterns found in a notebook's code cells."""
+    code = "\n".join(c.get("source", "") if isinstance(c.get("source", ""), str) else "".join(c.get("source", []))
+                     for c in nb.get("cells", []) if c.get("cell_type") == "code")
+    return [name for name, pat in SUSPICIOUS.items() if re.search(pat, code)]
+
+
+def _tags(cell: Any) -> list[str]:
+    tags = cell.get("metadata", {}).get("tags", [])
+    return list(tags) if isinstance(tags, list) else []
+
+
+def _text(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value or "")
+
+
+def _results_source() -> str:
+    from .. import results
+
+    return Path(results.__file__).read_text(encoding="utf-8")
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- one submission
+
+@dataclass
+class _Context:
+    lab: InstructorLab
+    out: Path
+    submissions: Path
+    profile: str
+    timeout_cell: float
+    timeout_total: float
+    memory_mb: int
+    max_output_bytes: int
+    start_timeout: int
+    isolation: Isolation
+    batch_root: Path
+    results_src: str
+    threads: int
+    hide_dirs: list[str]
+    hide_files: list[str]
+    keep: list[str]
+    python: str
+    env_extra: dict[str, str]
+    fingerprint_base: str
+
+
+def _prepare_notebook(nb: Any, n_hidden: int, guard: str) -> Any:
+    import nbformat
+
+    cells = []
+    for i, cell in enumerate(nb.cells):
+        if "injected-parameters" in _tags(cell):
+            continue  # a papermill run's leftovers: the grader injects its own
+        cell.metadata["labkit_grader"] = {"kind": "student", "index": i}
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+        cells.append(cell)
+
+    def grader(kind: str, src: str, **extra: Any) -> Any:
+        c = nbformat.v4.new_code_cell(src)
+        c.metadata["labkit_grader"] = {"kind": kind, **extra}
+        return c
+
+    nb.cells = [grader("guard", guard), *cells, grader("restore", "# labkit grader: restore"),
+                *[grader("hidden", f"# hidden test {j}", hidden=j) for j in range(n_hidden)],
+                grader("collect", "# labkit grader: collect")]
+    nb.metadata.pop("widgets", None)
+    nb.metadata.pop("papermill", None)
+    return nb
+
+
+def _env(ctx: _Context, workdir: Path) -> dict[str, str]:
+    venv_bin = str(Path(ctx.python).parent)
+    g = workdir / ".labkit-grader"
+    env = {
+        "PATH": os.pathsep.join([venv_bin, "/usr/local/bin", "/usr/bin", "/bin"]),
+        "HOME": str(workdir),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONHASHSEED": str(ctx.lab.parameters.get("SEED", 0)) if isinstance(ctx.lab.parameters.get("SEED", 0), int) else "0",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": str(_repo_root()),
+        "TMPDIR": str(workdir / ".tmp"),
+        "MPLCONFIGDIR": str(workdir / ".config" / "matplotlib"),
+        "XDG_CACHE_HOME": str(workdir / ".cache"),
+        "XDG_CONFIG_HOME": str(workdir / ".config"),
+        "IPYTHONDIR": str(g / "ipython"),
+        "JUPYTER_PATH": str(g / "share"),
+        "JUPYTER_RUNTIME_DIR": str(g / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(g / "config"),
+        "JUPYTER_DATA_DIR": str(g / "data"),
+        "MALLOC_ARENA_MAX": "2",
+        "OMP_NUM_THREADS": str(ctx.threads),
+        "MKL_NUM_THREADS": str(ctx.threads),
+        "LABKIT_PROGRESS": "plain",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+    if os.environ.get("LABKIT_GRADER_DEBUG"):
+        env["LABKIT_GRADER_DEBUG"] = "1"
+    if sys.prefix != sys.base_prefix:
+        env["VIRTUAL_ENV"] = sys.prefix
+    env.update(ctx.env_extra)
+    return env
+
+
+def _prepare_workdir(ctx: _Context, sub_id: str, path: Path) -> tuple[Path, Path]:
+    jobdir = Path(tempfile.mkdtemp(prefix=f"{sub_id[:40]}-", dir=ctx.batch_root))
+    workdir = jobdir / "work"
+    g = workdir / ".labkit-grader"
+    for d in (workdir / ".tmp", workdir / ".config" / "matplotlib", g / "share" / "kernels" / KERNEL_NAME,
+              g / "runtime", g / "ipython", g / "config", g / "data"):
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, workdir / (re.sub(r"[^A-Za-z0-9_.-]", "_", path.name) or "submission.ipynb"))
+    spec = {"argv": kernel_argv(ctx.python, ctx.memory_mb * 2**20), "display_name": "labkit grader",
+            "language": "python", "metadata": {"debugger": False}}
+    (g / "share" / "kernels" / KERNEL_NAME / "kernel.json").write_text(json.dumps(spec))
+    # matplotlib's font list, so that every kernel does not rebuild it (seconds)
+    mpl = Path(os.environ.get("MPLCONFIGDIR") or Path.home() / ".cache" / "matplotlib")
+    for f in mpl.glob("fontlist-*.json") if mpl.is_dir() else []:
+        shutil.copyfile(f, workdir / ".config" / "matplotlib" / f.name)
+    return jobdir, workdir
+
+
+def _error_outputs(cell: Any) -> list[Any]:
+    return [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def _grade_one(ctx: _Context, sub_id: str, path: Path) -> GradeResult:
+    import nbformat
+
+    t0 = time.monotonic()
+    lab = ctx.lab
+    raw = path.read_bytes()
+    res = GradeResult(id=sub_id, status="ok", max=lab.max_points, source=str(path), lab=lab.name,
+                      profile=ctx.profile, isolation=ctx.isolation.mode,
+                      fingerprint=hashlib.sha256(raw + ctx.fingerprint_base.encode()).hexdigest(),
+                      points={c.name: 0.0 for c in lab.checks},
+                      graded_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    try:
+        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+        if not isinstance(nb.get("cells"), list):
+            raise ValueError("no list of cells")
+        for c in nb.cells:
+            if c.get("cell_type") not in ("code", "markdown", "raw") or not isinstance(c.get("source"), str):
+                raise ValueError("a cell is not a notebook cell")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is 'not a notebook'
+        res.status = "not-a-notebook"
+        first = str(exc).strip().splitlines()
+        res.message = f"not a readable notebook: {type(exc).__name__}: {first[0][:200] if first else ''}"
+        res.checks = [{"name": c.name, "passed": False, "points": 0.0, "max": c.points, "detail": "not run"}
+                      for c in lab.checks]
+        res.wall_s = time.monotonic() - t0
+        return res
+    res.flags = [f"review: {name}" for name in suspicious_patterns(nb)]
+    has_params = any(c.cell_type == "code" and "parameters" in _tags(c) for c in nb.cells)
+    token = secrets.token_hex(8)
+    nonce = secrets.token_hex(16)
+    heavy = tuple(sorted({m for m in lab.aliases.values() if m.split(".")[0] in ("torch", "numpy")}
+                         | ({"numpy"} if any(m.split(".")[0] == "numpy" for m in lab.aliases.values()) else set())))
+    guard = guard_cell(token=token, results_source=ctx.results_src, modules=heavy,
+                       aliases=lab.aliases, labkit_names=lab.labkit_names)
+    nb = _prepare_notebook(nb, len(lab.hidden_cells), guard)
+    jobdir, workdir = _prepare_workdir(ctx, sub_id, path)
+    params = {"PROFILE": ctx.profile}
+    for key in ("DATA", "SEED"):
+        if key in lab.parameters:
+            params[key] = lab.parameters[key]
+    job = {
+        "name": path.name, "workdir": str(workdir), "notebook": nb, "parameters": params,
+        "kernel_name": KERNEL_NAME, "timeout_cell": ctx.timeout_cell, "timeout_total": ctx.timeout_total,
+        "start_timeout": ctx.start_timeout, "max_output_bytes": ctx.max_output_bytes,
+        "max_output_bytes_grader": max(ctx.max_output_bytes, 1 << 20),
+        "driver_memory_bytes": (ctx.memory_mb + 2048) * 2**20 if ctx.memory_mb else 0,
+        "max_file_bytes": 1 << 30, "namespaces": bool(ctx.isolation.prefix),
+        "hide_dirs": ctx.hide_dirs + [str(ctx.batch_root)], "hide_files": ctx.hide_files, "keep": ctx.keep,
+    }
+
+    def hidden() -> dict[str, Any]:
+        return {"restore": restore_cell(token), "hidden": list(lab.hidden_cells), "collect": collect_cell(token, nonce)}
+
+    hard = ctx.timeout_total + ctx.timeout_cell * (len(lab.hidden_cells) + 3) + ctx.start_timeout + 30
+    try:
+        outcome = run_sandbox(job, hidden, isolation=ctx.isolation, env=_env(ctx, workdir),
+                              hard_timeout=hard, python=ctx.python)
+    finally:
+        shutil.rmtree(jobdir, ignore_errors=True)
+    _classify(ctx, res, outcome, nonce, has_params)
+    res.wall_s = time.monotonic() - t0
+    if outcome.done and outcome.done.get("nb"):
+        executed = _executed_notebook(outcome.done["nb"])
+        _write_atomic(ctx.out / sub_id / "executed.ipynb", nbformat.writes(executed))
+    return res
+
+
+def _student_index(cell: Any) -> int | None:
+    meta = cell.get("metadata", {}).get("labkit_grader", {})
+    return meta.get("index") if meta.get("kind") == "student" else None
+
+
+def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: str, has_params: bool) -> None:
+    lab = ctx.lab
+    done = outcome.done or {}
+    declared = {c.name: c for c in lab.checks}
+    res.checks = [{"name": c.name, "passed": False, "points": 0.0, "max": c.points, "detail": "not run"}
+                  for c in lab.checks]
+    if not outcome.done or done.get("fatal"):
+        if outcome.killed:
+            res.status, res.message = "timeout", f"killed at the hard time limit after {outcome.wall_s:.0f} s"
+        else:
+            why = done.get("fatal") or outcome.protocol_error or f"the sandbox exited with code {outcome.returncode}"
+            tail = outcome.log_tail.strip().splitlines()[-3:]
+            res.status, res.message = "grader-error", f"{why}" + (f" | {' / '.join(tail)}" if tail else "")
+        return
+    nb = done["nb"]
+    cells = nb.get("cells", [])
+    kinds = [c.get("metadata", {}).get("labkit_grader", {}).get("kind", "student") for c in cells]
+    # hidden-test results: exactly one line with our nonce, in the collect cell
+    payloads, forged = [], 0
+    for c, kind in zip(cells, kinds):
+        for o in c.get("outputs", []):
+            if o.get("output_type") != "stream":
+                continue
+            for line in _text(o.get("text")).splitlines():
+                if not line.startswith(MARK + " "):
+                    continue
+                parts = line.split(" ", 2)
+                if kind == "collect" and len(parts) == 3 and parts[1] == nonce:
+                    try:
+                        payload = json.loads(parts[2])
+                    except ValueError:
+                        forged += 1
+                        continue
+                    if payload.get("nonce") == nonce:
+                        payloads.append(payload)
+                        continue
+                forged += 1
+    results_ok = len(payloads) == 1 and not forged
+    if forged or len(payloads) > 1:
+        res.flags.append("tampering: forged grader output")
+    reported: dict[str, dict[str, Any]] = {}
+    if results_ok:
+        payload = payloads[0]
+        for ch in payload.get("checks", []):
+            if isinstance(ch, dict) and isinstance(ch.get("name"), str):
+                reported[ch["name"]] = ch
+        restored = [r for r in payload.get("restored", []) if isinstance(r, str)]
+        if restored:
+            res.flags.append("restored before the hidden tests: " + ", ".join(restored[:12])
+                             + (" ..." if len(restored) > 12 else ""))
+    hidden_errors: dict[int, str] = {}
+    for c, kind in zip(cells, kinds):
+        if kind == "hidden":
+            errs = _error_outputs(c)
+            if errs:
+                j = c["metadata"]["labkit_grader"].get("hidden", 0)
+                hidden_errors[j] = f"{errs[0].get('ename')}: {_text(errs[0].get('evalue')).splitlines()[0][:200] if _text(errs[0].get('evalue')) else ''}"
+    checks = []
+    for name, dc in declared.items():
+        ch = reported.get(name)
+        if ch is not None:
+            passed = bool(ch.get("passed"))
+            checks.append({"name": name, "passed": passed, "points": dc.points if passed else 0.0,
+                           "max": dc.points, "detail": str(ch.get("detail", ""))[:500]})
+        else:
+            why = "not run"
+            if dc.cell in hidden_errors:
+                why = f"not run: the hidden test raised {hidden_errors[dc.cell]}"
+            elif not results_ok:
+                why = "not run: no hidden-test results"
+            checks.append({"name": name, "passed": False, "points": 0.0, "max": dc.points, "detail": why})
+    for name, ch in reported.items():  # checks with run-time names (dynamic hidden tests)
+        if name not in declared:
+            pts = float(ch.get("points", 1.0)) if isinstance(ch.get("points", 1.0), (int, float)) else 1.0
+            checks.append({"name": name, "passed": bool(ch.get("passed")), "points": pts if ch.get("passed") else 0.0,
+                           "max": pts, "detail": str(ch.get("detail", ""))[:500]})
+    res.checks = checks
+    res.points = {c["name"]: float(c["points"]) for c in checks}
+    res.total = float(sum(c["points"] for c in checks))
+    res.max = float(sum(c["max"] for c in checks))
+
+    # the first error of the submission's own cells
+    first_error = None
+    memory = False
+    for c, kind in zip(cells, kinds):
+        for o in _error_outputs(c):
+            text = f"{o.get('ename')}: {_text(o.get('evalue'))}"
+            if _MEMORY_TEXT.search(text):
+                memory = True
+            if kind in ("student", "parameters") and first_error is None and o.get("ename") != "Timeout":
+                idx = _student_index(c)
+                tb = [_ANSI.sub("", t) for t in o.get("traceback", [])][-6:]
+                first_error = {"cell": idx, "execution_count": c.get("execution_count"), "ename": o.get("ename"),
+                               "evalue": _text(o.get("evalue"))[:500], "traceback": "\n".join(tb)[-3000:]}
+    res.first_error = first_error
+    exc = done.get("exception") or {}
+    timeouts = [i for i in done.get("timeouts", []) if i < len(cells)]
+    skipped = [i for i in done.get("skipped", []) if i < len(cells)]
+    kernel_exit = done.get("kernel_exit")
+    if exc and _MEMORY_TEXT.search(outcome.log_tail or ""):
+        memory = True
+    if exc.get("type") == "DeadKernelError" and kernel_exit in (-9, 137):
+        memory = True  # SIGKILL: the kernel's memory cgroup / the OOM killer
+
+    def where(i: int) -> str:
+        idx = _student_index(cells[i])
+        if idx is not None:
+            return f"cell {idx}"
+        kind = kinds[i]
+        return f"hidden test {cells[i]['metadata']['labkit_grader'].get('hidden', 0)}" if kind == "hidden" else f"grader cell ({kind})"
+
+    notes = []
+    if not has_params:
+        notes.append("missing-parameters")
+    if done.get("truncated"):
+        notes.append("output-truncated")
+    if skipped:
+        notes.append(f"skipped {len(skipped)} cell(s) after the total time limit")
+    res.flags = notes + res.flags
+    if exc.get("type") in ("CellTimeoutError",) or (exc and "Timeout" in exc.get("type", "") and exc.get("type") != "DeadKernelError"):
+        res.status = "timeout"
+        res.message = f"a cell did not stop when interrupted after {ctx.timeout_cell:g} s; the kernel was stopped" + \
+            (f" ({where(timeouts[-1])})" if timeouts else "")
+    elif exc and memory:
+        res.status, res.message = "memory", f"the kernel died at the memory cap ({ctx.memory_mb} MB)"
+    elif exc:
+        running = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("status") == "running"]
+        at = f" while running {where(running[-1])}" if running else ""
+        if exc.get("type") == "DeadKernelError":
+            res.status, res.message = "kernel-died", f"the kernel died{at} (exit code {kernel_exit})"
+        else:
+            res.status, res.message = "kernel-died", f"the kernel failed: {exc.get('type')}: {exc.get('message', '')[:300]}"
+    elif timeouts or skipped:
+        res.status = "timeout"
+        parts = []
+        if timeouts:
+            parts.append(", ".join(where(i) for i in timeouts) + f" ran over {ctx.timeout_cell:g} s and was interrupted")
+        if skipped:
+            parts.append(f"the total time limit ({ctx.timeout_total:g} s) was reached: {len(skipped)} later cell(s) skipped")
+        res.message = "; ".join(parts)
+    elif memory:
+        res.status = "memory"
+        err = first_error or {}
+        res.message = f"out of memory (cap {ctx.memory_mb} MB)" + (f" in cell {err.get('cell')}: {err.get('ename')}" if err else "")
+    elif first_error is not None:
+        res.status = "error"
+        ec = first_error.get("execution_count")
+        res.message = (f"cell {first_error['cell']}" + (f" (In [{ec}])" if ec else "") +
+                       f": {first_error['ename']}: {first_error['evalue'].splitlines()[0][:200] if first_error['evalue'] else ''}")
+    elif not results_ok:
+        res.status = "error"
+        res.message = ("the hidden-test results are missing or forged: the grader's cells were disturbed"
+                       if done.get("hidden_received") else "the hidden tests did not run")
+    elif done.get("truncated"):
+        res.status, res.message = "output-too-large", f"the output went over {ctx.max_output_bytes} bytes and was truncated"
+    elif not has_params:
+        res.status = "missing-parameters"
+        res.message = "no cell tagged 'parameters': the grader injected the parameters at the top"
+    elif any(not c["passed"] for c in checks):
+        failed = [c["name"] for c in checks if not c["passed"]]
+        res.status = "failed-checks"
+        res.message = f"{len(failed)} of {len(checks)} hidden checks failed: {', '.join(failed)}"
+    else:
+        res.status, res.message = "ok", f"all {len(checks)} hidden checks passed"
+    if res.status not in ("ok",) and not res.message:
+        res.message = res.status
+
+
+def _executed_notebook(nb_dict: dict[str, Any]) -> Any:
+    """The executed submission for the instructor: grader cells out, hidden tests kept and tagged."""
+    import nbformat
+
+    nb = nbformat.from_dict(nb_dict)
+    cells = []
+    for c in nb.cells:
+        meta = c.metadata.pop("labkit_grader", {})
+        c.metadata.pop("papermill", None)
+        c.metadata.pop("execution", None)
+        kind = meta.get("kind", "student")
+        if kind in ("guard", "restore", "collect"):
+            continue
+        if "skipped_source" in meta:
+            c.source = meta["skipped_source"]
+            c.metadata["tags"] = [*c.metadata.get("tags", []), "skipped-by-grader"]
+        if kind == "hidden":
+            c.metadata["tags"] = ["hidden-test"]
+        if not c.metadata.get("tags"):
+            c.metadata.pop("tags", None)
+        cells.append(c)
+    nb.cells = cells
+    nb.metadata.pop("papermill", None)
+    return nb
+
+
+def _feedback(res: GradeResult, lab: str) -> str:
+    lines = [f"# Feedback: {lab}, submission `{res.id}`", "",
+             f"**Status: {res.status}**, {res.total:g} / {res.max:g} points", ""]
+    if res.message:
+        lines += [res.message, ""]
+    lines += [f"Graded with the `{res.profile}` profile on {res.graded_at} ({res.wall_s:.1f} s).", ""]
+    if res.checks:
+        lines += ["| check | result | points | detail |", "|---|---|---|---|"]
+        for c in res.checks:
+            detail = str(c.get("detail", "")).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {c['name']} | {'passed' if c['passed'] else 'FAILED'} | {c['points']:g} / {c['max']:g} | {detail} |")
+        lines.append("")
+    if res.first_error:
+        e = res.first_error
+        lines += ["## First error", "",
+                  f"Cell {e.get('cell')} of your notebook" + (f" (In [{e['execution_count']}])" if e.get("execution_count") else "")
+                  + f" raised `{e.get('ename')}`: {e.get('evalue', '').splitlines()[0] if e.get('evalue') else ''}", ""]
+        if e.get("traceback"):
+            lines += ["```", e["traceback"], "```", ""]
+    notes = [f for f in res.flags if not f.startswith("review:")]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the batch
+
+def _load_result(path: Path) -> GradeResult | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return GradeResult(**{k: v for k, v in data.items() if k in GradeResult.__dataclass_fields__})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_csv(out: Path, lab: InstructorLab, lock: threading.Lock) -> None:
+    with lock:
+        results = [r for r in (_load_result(p) for p in sorted(out.glob(f"*/{RESULT_FILE}"))) if r is not None]
+        names = [c.name for c in lab.checks]
+        extra = sorted({n for r in results for n in r.points} - set(names))
+        names += extra
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["id", "status", *names, "total", "max", "wall_s", "message", "flags"],
+                                lineterminator="\n")
+        writer.writeheader()
+        for r in sorted(results, key=lambda r: r.id):
+            writer.writerow(r.row(names))
+        _write_atomic(out / "grades.csv", buf.getvalue())
+
+
+def _check_number(name: str, value: Any, *, minimum: float, integer: bool = False) -> None:
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} >= {minimum:g}, got {value!r}")
+
+
+def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, output_dir: str | os.PathLike, *,
+                      profile: str = "smoke", timeout_cell: float = 120, timeout_total: float = 900,
+                      memory_mb: int = DEFAULT_MEMORY_MB, jobs: int = 1, force: bool = False,
+                      max_output_mb: float = 2.0, start_timeout: int = 60, isolation: str = "auto",
+                      log: Callable[[str], None] | None = print) -> BatchReport:
+    """Grade every submission of ``submissions`` against the hidden tests of ``lab``.
+
+    Writes ``OUT/<id>/executed.ipynb``, ``OUT/<id>/feedback.md``, ``OUT/<id>/result.json`` (last,
+    atomically: its presence marks a graded submission) and rewrites ``OUT/grades.csv`` after
+    each submission. Submissions already graded with the same file, lab and profile are skipped
+    unless ``force``. ``memory_mb=0`` removes the memory cap. Used by ``labkit grade``.
+    """
+    from ..config import PROFILES
+
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    _check_number("timeout_cell", timeout_cell, minimum=1)
+    _check_number("timeout_total", timeout_total, minimum=1)
+    _check_number("start_timeout", start_timeout, minimum=5, integer=True)
+    _check_number("jobs", jobs, minimum=1, integer=True)
+    _check_number("memory_mb", memory_mb, minimum=0, integer=True)
+    if 0 < memory_mb < 512:
+        raise ValueError(f"memory_mb={memory_mb} is too small for a Python kernel; use >= 512 (or 0 for no cap)")
+    _check_number("max_output_mb", max_output_mb, minimum=0.001)
+    t0 = time.monotonic()
+    info = load_instructor_lab(lab)
+    sub_dir = Path(submissions).resolve()
+    subs = discover_submissions(sub_dir, lab_name=info.name)
+    out = Path(output_dir).resolve()
+    if _within(out, sub_dir):
+        raise ValueError(f"output_dir {out} is inside the submissions folder {sub_dir}; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    iso = probe_isolation(sys.executable, mode=isolation)
+    if log and not iso.prefix:
+        log(f"WARNING: grading without namespaces: {iso.describe()}")
+    batch_root = Path(tempfile.mkdtemp(prefix="labkit-grade-"))
+    keep = sorted({str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                                                    Path(sys.executable).resolve().parent, _repo_root() / "labkit",
+                                                    *[q for q in sys.path if q and Path(q).is_dir()])})
+    env_extra: dict[str, str] = {}
+    try:
+        from ..storage import data_root
+
+        root = data_root()
+        if root.exists():
+            env_extra["LABKIT_DATA"] = str(root)
+            keep.append(str(root))
+    except Exception:  # noqa: BLE001 - no data root: the embedded data needs none
+        pass
+    for key in ("TORCH_HOME", "LABKIT_DEVICE"):
+        if os.environ.get(key):
+            env_extra[key] = os.environ[key]
+    repo = _repo_root()
+    from ..runner import labs_dir
+
+    hide_dirs = [str(p) for p in (info.path.parent.resolve(), labs_dir().resolve(), repo / ".git", repo / "_build",
+                                  sub_dir, out, Path(tempfile.gettempdir()).resolve(), Path.home().resolve())]
+    hide_files = [str(info.path.resolve())] + [str(p.resolve()) for _, p in subs]
+    ctx = _Context(lab=info, out=out, submissions=sub_dir, profile=profile, timeout_cell=float(timeout_cell),
+                   timeout_total=float(timeout_total), memory_mb=int(memory_mb),
+                   max_output_bytes=int(max_output_mb * 2**20), start_timeout=int(start_timeout), isolation=iso,
+                   batch_root=batch_root, results_src=_results_source(),
+                   threads=max(1, (os.cpu_count() or 1) // jobs), hide_dirs=hide_dirs, hide_files=hide_files,
+                   keep=keep, python=sys.executable, env_extra=env_extra,
+                   fingerprint_base=json.dumps([info.digest, profile, timeout_cell, timeout_total, memory_mb]))
+    lock = threading.Lock()
+    results: dict[str, GradeResult] = {}
+    resumed: list[str] = []
+    todo: list[tuple[str, Path]] = []
+    for sub_id, path in subs:
+        prev = _load_result(out / sub_id / RESULT_FILE)
+        if prev is not None and not force:
+            fp = hashlib.sha256(path.read_bytes() + ctx.fingerprint_base.encode()).hexdigest()
+            if prev.fingerprint == fp:
+                results[sub_id] = prev
+                resumed.append(sub_id)
+                continue
+        todo.append((sub_id, path))
+    if log and resumed:
+        log(f"{len(resumed)} submission(s) already graded, skipped (use --force to regrade)")
+
+    def work(sub_id: str, path: Path) -> GradeResult:
+        try:
+            res = _grade_one(ctx, sub_id, path)
+        except Exception as exc:  # noqa: BLE001 - one submission never stops the batch
+            res = GradeResult(id=sub_id, status="grader-error", max=info.max_points, source=str(path), lab=info.name,
+                              profile=profile, message=f"{type(exc).__name__}: {exc}"[:500],
+                              points={c.name: 0.0 for c in info.checks})
+        sub_out = out / sub_id
+        _write_atomic(sub_out / "feedback.md", _feedback(res, info.name))
+        _write_atomic(sub_out / RESULT_FILE, json.dumps(asdict(res), indent=1, default=str))
+        _write_csv(out, info, lock)
+        return res
+
+    try:
+        if todo:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(work, sid, p): sid for sid, p in todo}
+                for fut in as_completed(futures):
+                    r = fut.result()
+                    results[r.id] = r
+                    if log:
+                        log(f"{r.id:<24} {r.status:<18} {r.total:g}/{r.max:g}  {r.wall_s:5.1f} s  {r.message[:90]}")
+        _write_csv(out, info, lock)
+    finally:
+        shutil.rmtree(batch_root, ignore_errors=True)
+    report = BatchReport(lab=info.name, output_dir=out, results=[results[s] for s, _ in subs if s in results],
+                         resumed=resumed, isolation=iso, wall_s=time.monotonic() - t0)
+    if log:
+        log(report.summary())
+    return report
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
