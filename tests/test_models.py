@@ -1,0 +1,196 @@
+"""Model registry and the small course models: names, shapes, layout, parameter counts, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import labkit.models as models
+from labkit.models import count_parameters, get_model, list_models, register_model
+from labkit.models.small import MLP, SmallCNN
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Register test models into a copy of the registry that is thrown away afterwards."""
+    models._load_all()
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(models, "_DOCS", dict(models._DOCS))
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+def test_list_models_includes_the_small_models_sorted() -> None:
+    names = list_models()
+    assert {"small_cnn", "digit_cnn", "mlp"} <= set(names)
+    assert names == sorted(names)
+
+
+@pytest.mark.parametrize("name", ["resnet", "Small_CNN", "", None, 3])
+def test_unknown_name_lists_the_valid_ones(name) -> None:
+    with pytest.raises(ValueError, match=r"unknown model .*valid names: .*digit_cnn, .*mlp, .*small_cnn"):
+        get_model(name)
+
+
+def test_register_and_duplicate(scratch_registry) -> None:
+    @register_model("tiny_test_model")
+    def tiny(width: int = 2) -> nn.Module:
+        """A tiny linear model.
+
+        More text that is not the summary."""
+        return nn.Linear(width, 1)
+
+    assert "tiny_test_model" in list_models()
+    assert isinstance(get_model("tiny_test_model", width=5), nn.Linear)
+    assert get_model("tiny_test_model", width=5).in_features == 5
+    assert models._DOCS["tiny_test_model"] == "A tiny linear model."
+    register_model("tiny_test_model")(tiny)  # the same function again (a module re-import) is fine
+
+    def other() -> nn.Module:
+        return nn.Identity()
+
+    with pytest.raises(ValueError, match="model name 'tiny_test_model' is already registered"):
+        register_model("tiny_test_model")(other)
+    assert get_model("tiny_test_model").in_features == 2  # the first registration is kept
+
+
+def test_register_without_or_with_blank_docstring(scratch_registry) -> None:
+    def undocumented() -> nn.Module:
+        return nn.Identity()
+
+    def blank() -> nn.Module:
+        """   """
+        return nn.Identity()
+
+    register_model("undocumented_test")(undocumented)
+    register_model("blank_doc_test")(blank)
+    assert models._DOCS["undocumented_test"] == "" and models._DOCS["blank_doc_test"] == ""
+
+
+def test_the_scratch_registry_was_thrown_away() -> None:
+    assert "tiny_test_model" not in list_models()
+
+
+# --- shapes and layout --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_small_cnn_output_shapes(size: int, channels: int) -> None:
+    model = get_model("small_cnn", in_channels=channels, num_classes=7, widths=(4, 8, 8), hidden=8)
+    assert model(torch.rand(2, channels, size, size)).shape == (2, 7)
+
+
+def test_digit_cnn_defaults() -> None:
+    model = get_model("digit_cnn")
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 32), (32, 64)]
+    assert model.classifier[1].out_features == 128
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert get_model("digit_cnn", in_channels=3, widths=(4,), num_classes=2)(torch.rand(1, 3, 28, 28)).shape == (1, 2)
+
+
+def test_features_classifier_layout_is_addressable_by_dotted_names() -> None:
+    model = get_model("small_cnn", widths=(4, 6), hidden=5, num_classes=3)
+    named = dict(model.named_modules())
+    assert [type(named[f"features.{i}"]) for i in range(6)] == [
+        nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+    assert named["features.3"].out_channels == 6
+    assert [type(m) for m in model.classifier] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    bn = get_model("small_cnn", widths=(4, 6), batch_norm=True)
+    assert [type(bn.features[i]) for i in range(4)] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    assert isinstance(bn.features[4], nn.Conv2d)
+
+
+def test_forward_by_hand_with_fixed_weights() -> None:
+    """1x1 conv (w=2) -> ReLU -> max-pool -> global average -> Linear(w=3, b=1) -> ReLU -> Linear(w=.5, b=-1)."""
+    model = SmallCNN(1, 1, widths=(1,), hidden=1, first_kernel=1)
+    with torch.no_grad():
+        model.features[0].weight.fill_(2.0)
+        model.features[0].bias.zero_()
+        model.classifier[1].weight.fill_(3.0)
+        model.classifier[1].bias.fill_(1.0)
+        model.classifier[4].weight.fill_(0.5)
+        model.classifier[4].bias.fill_(-1.0)
+    x = torch.ones(1, 1, 4, 4)
+    # conv: 2 everywhere; pools keep 2; hidden: 3 * 2 + 1 = 7; output: 0.5 * 7 - 1 = 2.5
+    assert model(x).item() == pytest.approx(2.5)
+    x[0, 0, 0, 0] = 5.0  # one max-pool window of 2x2 now holds 10, the three others 2: mean 4
+    assert model(x).item() == pytest.approx(0.5 * (3 * 4 + 1) - 1)
+
+
+def test_without_global_pool_the_head_is_sized_for_input_size() -> None:
+    model = SmallCNN(1, 4, widths=(3, 5), hidden=6, global_pool=False, input_size=28)
+    assert model.classifier[1].in_features == 5 * 7 * 7
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 4)
+    strided = SmallCNN(3, 2, widths=(3,), first_kernel=5, first_stride=2, global_pool=False, input_size=32)
+    assert strided.classifier[1].in_features == 3 * 8 * 8  # 32 -> conv/2 -> 16 -> pool -> 8
+    assert strided.features[0].kernel_size == (5, 5) and strided.features[0].stride == (2, 2)
+
+
+def test_mlp_layout_and_output() -> None:
+    m = get_model("mlp", in_features=12, num_classes=3, hidden=(5, 4))
+    assert [type(l) for l in m.net] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert m(torch.rand(2, 3, 2, 2)).shape == (2, 3)
+    linear = MLP(6, 2, hidden=())
+    assert [type(l) for l in linear.net] == [nn.Flatten, nn.Linear]
+
+
+# --- parameter counts ---------------------------------------------------------------------------
+
+def test_count_parameters_by_hand() -> None:
+    model = get_model("small_cnn", in_channels=1, num_classes=2, widths=(2,), hidden=3)
+    conv = 1 * 2 * 3 * 3 + 2  # weights (in * out * k * k) + biases = 20
+    fc1 = 2 * 3 + 3  # global pool leaves 2 features -> 3 hidden = 9
+    fc2 = 3 * 2 + 2  # 3 hidden -> 2 classes = 8
+    assert count_parameters(model) == conv + fc1 + fc2 == 37
+    for p in model.features.parameters():
+        p.requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == fc1 + fc2
+    assert count_parameters(model) == 37
+
+
+def test_count_parameters_with_batch_norm_and_mlp() -> None:
+    bn = get_model("small_cnn", in_channels=1, num_classes=2, widths=(2,), hidden=3, batch_norm=True)
+    assert count_parameters(bn) == 37 + 2 * 2  # BatchNorm adds a weight and a bias per channel
+    assert count_parameters(MLP(4, 2, hidden=(3,))) == (4 * 3 + 3) + (3 * 2 + 2)
+
+
+# --- invalid arguments --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        (dict(in_channels=0), "in_channels must be a positive int, got 0"),
+        (dict(num_classes=True), "num_classes must be a positive int, got True"),
+        (dict(num_classes=2.0), "num_classes must be a positive int, got 2.0"),
+        (dict(widths=()), "widths must name at least one conv block"),
+        (dict(widths=(4, 0)), r"widths\[1\] must be a positive int, got 0"),
+        (dict(hidden=0), "hidden must be a positive int, got 0"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+        (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
+        (dict(first_kernel=0), "first_kernel must be a positive int"),
+        (dict(first_stride=-1), "first_stride must be a positive int"),
+    ],
+)
+def test_small_cnn_invalid_arguments(kwargs: dict, msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        get_model("small_cnn", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        (dict(in_features=0), "in_features must be a positive int"),
+        (dict(hidden=(8, -1)), r"hidden\[1\] must be a positive int, got -1"),
+        (dict(num_classes=0), "num_classes must be a positive int"),
+    ],
+)
+def test_mlp_invalid_arguments(kwargs: dict, msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        get_model("mlp", **kwargs)
+
+
+def test_unknown_option_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="widthz"):
+        get_model("small_cnn", widthz=(4,))

@@ -1,0 +1,206 @@
+"""Figures: each function returns a Figure with the expected axes and images; bad input is refused."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot is imported by labkit.plotting
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from labkit import plotting as P  # noqa: E402
+from labkit.training import History  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _visible(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def _n_images(fig: Figure) -> int:
+    return sum(len(ax.images) for ax in fig.axes)
+
+
+# --- array helpers ------------------------------------------------------------------------------
+
+def test_to_numpy_image_layouts() -> None:
+    assert P.to_numpy_image(torch.zeros(3, 4, 5)).shape == (4, 5, 3)
+    assert P.to_numpy_image(torch.zeros(1, 4, 5)).shape == (4, 5)
+    assert P.to_numpy_image(np.zeros((4, 5))).shape == (4, 5)
+    assert P.to_numpy_image(np.zeros((4, 5, 1))).shape == (4, 5)
+    out = P.to_numpy_image(torch.ones(2, 2, requires_grad=True))
+    assert out.dtype == np.float32 and out.tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def test_normalize_map() -> None:
+    m = P.normalize_map(torch.tensor([[1.0, 3.0], [2.0, 5.0]]))
+    assert m.tolist() == [[0.0, 0.5], [0.25, 1.0]]
+    assert P.normalize_map(np.full((2, 2), 7.0)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+# --- image grids --------------------------------------------------------------------------------
+
+def test_show_images_grid_titles_and_axes() -> None:
+    imgs = torch.rand(5, 3, 8, 8)
+    fig = P.show_images(imgs, [f"t{i}" for i in range(5)], ncols=3, suptitle="five")
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 6  # a 2 x 3 grid, the last cell empty
+    assert _n_images(fig) == 5
+    assert [ax.get_title() for ax in fig.axes[:5]] == ["t0", "t1", "t2", "t3", "t4"]
+    assert fig._suptitle.get_text() == "five"
+    assert all(not ax.axison for ax in fig.axes)
+
+
+def test_show_images_clips_or_normalizes() -> None:
+    img = torch.full((1, 1, 2, 2), 2.0)
+    img[0, 0, 0, 0] = -1.0
+    clipped = P.show_images(img).axes[0].images[0].get_array()
+    assert clipped.min() == 0.0 and clipped.max() == 1.0
+    normed = P.show_images(img, normalize=True).axes[0].images[0].get_array()
+    assert normed.tolist() == [[0.0, 1.0], [1.0, 1.0]]
+
+
+def test_show_images_accepts_a_list_of_greyscale_arrays() -> None:
+    fig = P.show_images([np.zeros((4, 4)), np.ones((4, 4))])
+    assert len(fig.axes) == 2 and _n_images(fig) == 2
+    assert fig.axes[0].images[0].get_cmap().name == "gray"
+
+
+def test_show_images_input_errors() -> None:
+    with pytest.raises(ValueError, match="at least one image"):
+        P.show_images(torch.zeros(0, 3, 4, 4))
+    with pytest.raises(ValueError, match="titles has 1 entries for 2 images"):
+        P.show_images(torch.zeros(2, 3, 4, 4), ["only one"])
+
+
+# --- heatmaps -----------------------------------------------------------------------------------
+
+def test_show_heatmaps_layout() -> None:
+    images = torch.rand(3, 3, 8, 8)
+    maps = {"saliency": torch.rand(3, 8, 8), "gradcam": torch.rand(3, 2, 2)}
+    fig = P.show_heatmaps(images, maps, row_titles=["a", "b", "c"])
+    assert len(fig.axes) == 3 * 3
+    assert _n_images(fig) == 3 + 3 * 2 * 2  # column 0 one image; overlays two images each
+    assert [fig.axes[j].get_title() for j in range(3)] == ["a", "saliency", "gradcam"]
+    assert fig.axes[3].get_title() == "b"
+    # the 2x2 Grad-CAM map is resized to the 8x8 image
+    assert fig.axes[2].images[1].get_array().shape == (8, 8)
+
+
+def test_show_heatmaps_single_tensor_and_no_overlay() -> None:
+    fig = P.show_heatmaps(torch.rand(2, 1, 6, 6), torch.rand(2, 6, 6))
+    assert len(fig.axes) == 4 and fig.axes[1].get_title() == "map"
+    fig = P.show_heatmaps(torch.rand(2, 3, 6, 6), {"m": np.random.rand(2, 6, 6), "rgb": torch.rand(2, 3, 6, 6)},
+                          overlay_maps=False)
+    assert _n_images(fig) == 2 * 3
+    assert fig.axes[1].images[0].get_cmap().name == "gray"
+
+
+def test_show_heatmaps_column0_uses_a_fixed_scale() -> None:
+    dark = torch.full((1, 1, 4, 4), 0.1)
+    dark[..., 0, 0] = 0.2
+    fig = P.show_heatmaps(dark, torch.rand(1, 4, 4))
+    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)  # a dark image is shown dark
+
+
+def test_show_heatmaps_input_errors() -> None:
+    with pytest.raises(ValueError, match=r"maps\['a'\] has 2 maps for 3 images"):
+        P.show_heatmaps(torch.rand(3, 3, 4, 4), {"a": torch.rand(2, 4, 4)})
+    with pytest.raises(ValueError, match="at least one image"):
+        P.show_heatmaps(torch.rand(0, 3, 4, 4), {"a": torch.rand(0, 4, 4)})
+    with pytest.raises(ValueError, match="row_titles has 1 entries for 2 images"):
+        P.show_heatmaps(torch.rand(2, 3, 4, 4), torch.rand(2, 4, 4), row_titles=["x"])
+
+
+def test_overlay_resizes_and_normalizes_the_heatmap() -> None:
+    fig, ax = plt.subplots()
+    P.overlay(ax, torch.rand(3, 8, 8), torch.tensor([[0.0, 2.0], [4.0, 4.0]]), alpha=0.3)
+    img, hm = ax.images
+    assert img.get_array().shape == (8, 8, 3)
+    arr = hm.get_array()
+    assert arr.shape == (8, 8) and arr.min() == pytest.approx(0.0) and arr.max() == pytest.approx(1.0)
+    assert hm.get_alpha() == 0.3
+    ax2 = fig.add_subplot(212)
+    P.overlay(ax2, torch.rand(1, 8, 8), torch.rand(1, 4, 4))  # a [1, h, w] map
+    P.overlay(ax2, torch.rand(1, 8, 8), np.random.rand(4, 4))  # a NumPy map of another size
+    assert [im.get_array().shape for im in ax2.images] == [(8, 8), (8, 8), (8, 8), (8, 8)]
+    with pytest.raises(ValueError, match=r"heatmap must be \[H, W\]"):
+        P.overlay(ax2, torch.rand(3, 8, 8), torch.rand(3, 8, 8))
+
+
+# --- curves, embeddings, bars, filters ---------------------------------------------------------
+
+def test_plot_history_one_and_several() -> None:
+    h = History(train_loss=[1.0, 0.5, 0.2], train_acc=[0.5, 0.7, 0.9], val_loss=[1.1, 0.6, 0.4],
+                val_acc=[0.4, 0.6, 0.8])
+    fig = P.plot_history(h)
+    assert len(fig.axes) == 2
+    loss_ax, acc_ax = fig.axes
+    assert len(loss_ax.lines) == 2 and acc_ax.get_ylabel() == "accuracy" and loss_ax.get_ylabel() == "loss"
+    assert loss_ax.lines[0].get_xdata().tolist() == [1, 2, 3]
+    assert loss_ax.lines[0].get_ydata().tolist() == [1.0, 0.5, 0.2]
+    assert loss_ax.lines[0].get_linestyle() == "--" and loss_ax.lines[1].get_linestyle() == "-"
+    no_val = History(train_loss=[1.0], train_acc=[0.5])
+    fig = P.plot_history({"a": h, "b": no_val}, metrics=("loss",))
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 3
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["a train", "a val", "b train"]
+
+
+def test_plot_curves() -> None:
+    fig = P.plot_curves({"fgsm": [0.9, 0.5, 0.1], "pgd": [0.9, 0.3, 0.0]}, x=[0, 0.01, 0.1], logx=True,
+                        xlabel="eps", ylabel="acc", title="attacks")
+    ax = fig.axes[0]
+    assert len(fig.axes) == 1 and len(ax.lines) == 2 and ax.get_xscale() == "log"
+    assert ax.get_title() == "attacks" and ax.get_xlabel() == "eps" and ax.get_legend() is not None
+    one = P.plot_curves({"only": [3, 2, 1]}).axes[0]
+    assert one.lines[0].get_xdata().tolist() == [0, 1, 2] and one.get_legend() is None
+
+
+def test_plot_embedding() -> None:
+    pts = torch.rand(12, 2)
+    labels = torch.arange(12) % 3
+    fig = P.plot_embedding(pts, labels, class_names=["a", "b", "c"], title="t")
+    ax = fig.axes[0]
+    assert len(fig.axes) == 1 and ax.get_title() == "t"
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 12
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "c"]
+    fig2, ax2 = plt.subplots()
+    assert P.plot_embedding(np.random.rand(6, 2), np.zeros(6), markers=np.array([0, 0, 0, 1, 1, 1]), ax=ax2) is fig2
+    assert len(ax2.collections) == 2  # one scatter per marker group
+    with pytest.raises(ValueError, match=r"points must be \[N, 2\], got shape \(5, 3\)"):
+        P.plot_embedding(np.zeros((5, 3)), np.zeros(5))
+
+
+def test_plot_bars() -> None:
+    fig = P.plot_bars({"saliency": 0.5, "gradcam": 0.75}, ylabel="hit rate", ylim=(0, 1), title="pointing")
+    ax = fig.axes[0]
+    assert [p.get_height() for p in ax.patches] == [0.5, 0.75]
+    assert [t.get_text() for t in ax.texts] == ["0.50", "0.75"]
+    assert ax.get_ylim() == (0.0, 1.0)
+    assert not P.plot_bars({"a": 1.0}, annotate=False).axes[0].texts
+
+
+def test_plot_filters() -> None:
+    fig = P.plot_filters(torch.rand(10, 3, 5, 5), ncols=4, title="conv1")
+    assert len(fig.axes) == 12 and _n_images(fig) == 10
+    assert fig.axes[0].images[0].get_array().shape == (5, 5, 3)
+    deep = P.plot_filters(torch.rand(2, 6, 3, 3))  # more than 3 input channels: averaged
+    assert deep.axes[0].images[0].get_array().shape == (3, 3)
+    with pytest.raises(ValueError, match=r"weight must be \[out, in, k, k\]"):
+        P.plot_filters(torch.rand(4, 3, 3))
+
+
+def test_close_figure() -> None:
+    fig = P.show_images(torch.rand(1, 3, 4, 4))
+    assert plt.fignum_exists(fig.number)
+    P.close_figure(fig)
+    assert not plt.fignum_exists(fig.number)
