@@ -36,7 +36,8 @@ __all__ = ["STATUSES", "DEFAULT_MEMORY_MB", "GradeResult", "BatchReport", "grade
 
 STATUSES = ("ok", "failed-checks", "error", "timeout", "memory", "kernel-died", "not-a-notebook",
             "missing-parameters", "output-too-large", "grader-error")
-DEFAULT_MEMORY_MB = 4096
+DEFAULT_MEMORY_MB = 6144  # lab 00 smoke peaks at ~4.4 GB of address space (torch), see book/instructors.md
+DEFAULT_MAX_OUTPUT_MB = 16.0
 KERNEL_NAME = "labkit-grader"
 RESULT_FILE = "result.json"
 
@@ -80,6 +81,7 @@ class GradeResult:
     profile: str = ""
     isolation: str = ""
     first_error: dict[str, Any] | None = None
+    restored: list[str] = field(default_factory=list)
     graded_at: str = ""
 
     def row(self, check_names: list[str]) -> dict[str, Any]:
@@ -207,6 +209,10 @@ def _repo_root() -> Path:
 
 # --------------------------------------------------------------------------- one submission
 
+class _Stopped(Exception):
+    """The batch was interrupted while this submission ran: nothing is written for it."""
+
+
 @dataclass
 class _Context:
     lab: InstructorLab
@@ -227,7 +233,9 @@ class _Context:
     keep: list[str]
     python: str
     env_extra: dict[str, str]
+    params: dict[str, Any]
     fingerprint_base: str
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 def _prepare_notebook(nb: Any, n_hidden: int, guard: str) -> Any:
@@ -353,6 +361,7 @@ def _grade_one(ctx: _Context, sub_id: str, path: Path) -> GradeResult:
     for key in ("DATA", "SEED"):
         if key in lab.parameters:
             params[key] = lab.parameters[key]
+    params.update(ctx.params)
     job = {
         "name": path.name, "workdir": str(workdir), "notebook": nb, "parameters": params,
         "kernel_name": KERNEL_NAME, "timeout_cell": ctx.timeout_cell, "timeout_total": ctx.timeout_total,
@@ -369,10 +378,14 @@ def _grade_one(ctx: _Context, sub_id: str, path: Path) -> GradeResult:
     hard = ctx.timeout_total + ctx.timeout_cell * (len(lab.hidden_cells) + 3) + ctx.start_timeout + 30
     try:
         outcome = run_sandbox(job, hidden, isolation=ctx.isolation, env=_env(ctx, workdir),
-                              hard_timeout=hard, python=ctx.python)
+                              hard_timeout=hard, python=ctx.python, stop=ctx.stop)
     finally:
         shutil.rmtree(jobdir, ignore_errors=True)
-    _classify(ctx, res, outcome, nonce, has_params)
+    if outcome.stopped:
+        raise _Stopped(sub_id)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code"
+                     and c.metadata.get("labkit_grader", {}).get("kind") == "student")
+    _classify(ctx, res, outcome, nonce, has_params, code)
     res.wall_s = time.monotonic() - t0
     if outcome.done and outcome.done.get("nb"):
         executed = _executed_notebook(outcome.done["nb"])
@@ -385,7 +398,24 @@ def _student_index(cell: Any) -> int | None:
     return meta.get("index") if meta.get("kind") == "student" else None
 
 
-def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: str, has_params: bool) -> None:
+def _tampered(restored: list[str], code: str) -> list[str]:
+    """The restored names the submission's code plausibly changed itself.
+
+    Libraries change a few attributes on their own (``torch._dynamo`` rewraps
+    ``torch.manual_seed``); those are restored silently. A name is reported when the code assigns
+    to it, or when it uses ``setattr``/``__dict__``/``vars()``/``sys.modules[...] =``.
+    """
+    generic = re.search(r"\bsetattr\(|__dict__|\bvars\(|sys\.modules\[[^\]]*\]\s*=(?!=)", code) is not None
+    shown = []
+    for r in restored:
+        last = re.split(r"[.\s\[]", r.replace("[:]", "").replace("added ", "").rstrip("]").strip("'\""))[-1].strip("'\"")
+        if generic or (last and re.search(rf"\b{re.escape(last)}\s*(\[[^\]]*\]\s*)?[+\-*/|&]?=(?!=)", code)):
+            shown.append(r)
+    return shown
+
+
+def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: str, has_params: bool,
+              code: str = "") -> None:
     lab = ctx.lab
     done = outcome.done or {}
     declared = {c.name: c for c in lab.checks}
@@ -431,10 +461,11 @@ def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: s
         for ch in payload.get("checks", []):
             if isinstance(ch, dict) and isinstance(ch.get("name"), str):
                 reported[ch["name"]] = ch
-        restored = [r for r in payload.get("restored", []) if isinstance(r, str)]
-        if restored:
-            res.flags.append("restored before the hidden tests: " + ", ".join(restored[:12])
-                             + (" ..." if len(restored) > 12 else ""))
+        res.restored = [r for r in payload.get("restored", []) if isinstance(r, str)]
+        shown = _tampered(res.restored, code)
+        if shown:
+            res.flags.append("restored before the hidden tests: " + ", ".join(shown[:12])
+                             + (" ..." if len(shown) > 12 else ""))
     hidden_errors: dict[int, str] = {}
     for c, kind in zip(cells, kinds):
         if kind == "hidden":
@@ -511,8 +542,8 @@ def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: s
     elif exc and memory:
         res.status, res.message = "memory", f"the kernel died at the memory cap ({ctx.memory_mb} MB)"
     elif exc:
-        running = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("status") == "running"]
-        at = f" while running {where(running[-1])}" if running else ""
+        cur = done.get("current")
+        at = f" while running {where(cur)}" if isinstance(cur, int) and 0 <= cur < len(cells) else ""
         if exc.get("type") == "DeadKernelError":
             res.status, res.message = "kernel-died", f"the kernel died{at} (exit code {kernel_exit})"
         else:
@@ -639,14 +670,18 @@ def _check_number(name: str, value: Any, *, minimum: float, integer: bool = Fals
 def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, output_dir: str | os.PathLike, *,
                       profile: str = "smoke", timeout_cell: float = 120, timeout_total: float = 900,
                       memory_mb: int = DEFAULT_MEMORY_MB, jobs: int = 1, force: bool = False,
-                      max_output_mb: float = 2.0, start_timeout: int = 60, isolation: str = "auto",
+                      max_output_mb: float = DEFAULT_MAX_OUTPUT_MB, start_timeout: int = 60,
+                      parameters: dict[str, Any] | None = None, isolation: str = "auto",
                       log: Callable[[str], None] | None = print) -> BatchReport:
     """Grade every submission of ``submissions`` against the hidden tests of ``lab``.
 
     Writes ``OUT/<id>/executed.ipynb``, ``OUT/<id>/feedback.md``, ``OUT/<id>/result.json`` (last,
     atomically: its presence marks a graded submission) and rewrites ``OUT/grades.csv`` after
-    each submission. Submissions already graded with the same file, lab and profile are skipped
-    unless ``force``. ``memory_mb=0`` removes the memory cap. Used by ``labkit grade``.
+    each submission. Submissions already graded with the same file, lab and options are skipped
+    unless ``force``. ``memory_mb=0`` removes the memory cap. ``parameters`` sets other
+    parameters of the lab (e.g. ``{"WEIGHTS": "random"}``); ``PROFILE`` is ``profile`` and
+    ``DATA``/``SEED`` are the instructor notebook's defaults unless given here. Used by
+    ``labkit grade``.
     """
     from ..config import PROFILES
 
@@ -662,6 +697,11 @@ def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, ou
     _check_number("max_output_mb", max_output_mb, minimum=0.001)
     t0 = time.monotonic()
     info = load_instructor_lab(lab)
+    extra_params = dict(parameters or {})
+    unknown = sorted(set(extra_params) - set(info.parameters))
+    if unknown or "PROFILE" in extra_params:
+        raise ValueError(f"parameters {unknown or ['PROFILE']} cannot be set: {info.name}'s parameters are "
+                         f"{sorted(info.parameters)} and PROFILE comes from profile=")
     sub_dir = Path(submissions).resolve()
     subs = discover_submissions(sub_dir, lab_name=info.name)
     out = Path(output_dir).resolve()
@@ -700,7 +740,9 @@ def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, ou
                    batch_root=batch_root, results_src=_results_source(),
                    threads=max(1, (os.cpu_count() or 1) // jobs), hide_dirs=hide_dirs, hide_files=hide_files,
                    keep=keep, python=sys.executable, env_extra=env_extra,
-                   fingerprint_base=json.dumps([info.digest, profile, timeout_cell, timeout_total, memory_mb]))
+                   params=extra_params,
+                   fingerprint_base=json.dumps([info.digest, profile, timeout_cell, timeout_total, memory_mb,
+                                                sorted(extra_params.items())], default=str))
     lock = threading.Lock()
     results: dict[str, GradeResult] = {}
     resumed: list[str] = []
@@ -717,9 +759,13 @@ def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, ou
     if log and resumed:
         log(f"{len(resumed)} submission(s) already graded, skipped (use --force to regrade)")
 
-    def work(sub_id: str, path: Path) -> GradeResult:
+    def work(sub_id: str, path: Path) -> GradeResult | None:
+        if ctx.stop.is_set():
+            return None
         try:
             res = _grade_one(ctx, sub_id, path)
+        except _Stopped:
+            return None
         except Exception as exc:  # noqa: BLE001 - one submission never stops the batch
             res = GradeResult(id=sub_id, status="grader-error", max=info.max_points, source=str(path), lab=info.name,
                               profile=profile, message=f"{type(exc).__name__}: {exc}"[:500],
@@ -730,17 +776,22 @@ def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, ou
         _write_csv(out, info, lock)
         return res
 
+    pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        if todo:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(work, sid, p): sid for sid, p in todo}
-                for fut in as_completed(futures):
-                    r = fut.result()
-                    results[r.id] = r
-                    if log:
-                        log(f"{r.id:<24} {r.status:<18} {r.total:g}/{r.max:g}  {r.wall_s:5.1f} s  {r.message[:90]}")
+        futures = {pool.submit(work, sid, p): sid for sid, p in todo}
+        for fut in as_completed(futures):
+            r = fut.result()
+            if r is None:
+                continue
+            results[r.id] = r
+            if log:
+                log(f"{r.id:<24} {r.status:<18} {r.total:g}/{r.max:g}  {r.wall_s:5.1f} s  {r.message[:90]}")
         _write_csv(out, info, lock)
+    except BaseException:  # Ctrl-C: stop the running sandboxes, keep what is written
+        ctx.stop.set()
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(batch_root, ignore_errors=True)
     report = BatchReport(lab=info.name, output_dir=out, results=[results[s] for s, _ in subs if s in results],
                          resumed=resumed, isolation=iso, wall_s=time.monotonic() - t0)

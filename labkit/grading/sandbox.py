@@ -152,7 +152,8 @@ class SandboxOutcome:
     """What came back from one sandboxed run."""
 
     done: dict[str, Any] | None = None  # the driver's final report (None: it never sent one)
-    killed: bool = False  # hit the hard time limit and was killed
+    killed: bool = False  # hit the hard time limit (or was stopped) and was killed
+    stopped: bool = False  # the batch was interrupted
     returncode: int | None = None
     log_tail: str = ""
     wall_s: float = 0.0
@@ -169,11 +170,12 @@ def _kill_group(pgid: int) -> None:
 
 def run_sandbox(job: dict[str, Any], hidden: Callable[[], dict[str, Any]], *, isolation: Isolation,
                 env: dict[str, str], hard_timeout: float, python: str | None = None,
-                tail_bytes: int = 20000) -> SandboxOutcome:
+                tail_bytes: int = 20000, stop: Any = None) -> SandboxOutcome:
     """Run the driver on ``job``; ``hidden()`` gives the hidden-test payload when the driver asks.
 
     Kills the whole sandbox (process group, PID namespace, the kernel's group) when
-    ``hard_timeout`` seconds have passed, and in every case before returning.
+    ``hard_timeout`` seconds have passed or ``stop`` (a ``threading.Event``) is set, and in
+    every case before returning.
     """
     python = python or sys.executable
     job_r, job_w = os.pipe()
@@ -201,8 +203,9 @@ def run_sandbox(job: dict[str, Any], hidden: Callable[[], dict[str, Any]], *, is
         deadline = start + hard_timeout
         while streams:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or (stop is not None and stop.is_set()):
                 out.killed = True
+                out.stopped = stop is not None and stop.is_set()
                 break
             ready, _, _ = select.select(list(streams), [], [], min(left, 1.0))
             for fd in ready:
@@ -391,6 +394,7 @@ class _Driver:
         self.kernel_proc: Any = None
         self.hidden_received = False
         self.client: Any = None
+        self.current: int | None = None
 
     def send(self, **msg: Any) -> None:
         if os.environ.get("LABKIT_GRADER_DEBUG"):
@@ -414,6 +418,7 @@ class _Driver:
 
         job = self.read_line()
         self.spec = job
+        self._watch_parent()
         for fd in (self.job.fileno(), self.msg.fileno()):
             os.set_inheritable(fd, False)
         cap = int(job.get("driver_memory_bytes") or 0)
@@ -441,6 +446,20 @@ class _Driver:
             return 4
         return 0
 
+    def _watch_parent(self) -> None:
+        """Exit at once when the grader dies (its end of the message pipe closes): as PID 1 of
+        the sandbox's PID namespace, the driver takes every sandboxed process with it."""
+        import threading
+
+        def watch() -> None:
+            poller = select.poll()
+            poller.register(self.msg.fileno(), select.POLLERR | select.POLLHUP)
+            while True:
+                if poller.poll():
+                    os._exit(6)
+
+        threading.Thread(target=watch, daemon=True, name="labkit-grader-watchdog").start()
+
     # -- papermill hooks
     def _kind(self, cell_index: int) -> str:
         try:
@@ -449,6 +468,7 @@ class _Driver:
             return "student"
 
     def on_cell_start(self, cell: Any, cell_index: int, **_: Any) -> None:
+        self.current = cell_index
         kind = cell.metadata.get("labkit_grader", {}).get("kind", "student")
         if kind == "restore" and not self.hidden_received:
             self.send(event="need-hidden")
@@ -489,7 +509,7 @@ class _Driver:
 
         orig_output = NotebookClient.output
         orig_timeout = NotebookClient._async_handle_timeout
-        orig_client = NotebookClient.async_start_new_kernel_client
+        orig_client = NotebookClient.start_new_kernel_client
 
         def output(client: Any, outs: list, msg: dict, display_id: Any, cell_index: int) -> Any:
             kind = driver._kind(cell_index)
@@ -515,9 +535,9 @@ class _Driver:
                     driver.timeouts.append(i)
             return await orig_timeout(client, timeout, cell)
 
-        async def start_client(client: Any) -> Any:
+        def start_client(client: Any) -> Any:
             driver.client = client
-            kc = await orig_client(client)
+            kc = orig_client(client)
             proc = getattr(getattr(client.km, "provisioner", None), "process", None)
             if proc is not None:
                 driver.kernel_proc = proc
@@ -529,7 +549,7 @@ class _Driver:
 
         NotebookClient.output = output
         NotebookClient._async_handle_timeout = handle_timeout
-        NotebookClient.async_start_new_kernel_client = start_client
+        NotebookClient.start_new_kernel_client = start_client
 
         nb.metadata["papermill"] = {"default_parameters": {}, "parameters": {}, "environment_variables": {},
                                     "version": "labkit-grader"}
@@ -563,7 +583,7 @@ class _Driver:
                 kernel_exit = self.kernel_proc.poll()
         self.send(event="done", nb=self.nb, exception=error, timeouts=sorted(set(self.timeouts)),
                   skipped=self.skipped, truncated=self.truncated, kernel_exit=kernel_exit,
-                  hidden_received=self.hidden_received)
+                  hidden_received=self.hidden_received, current=self.current)
 
 
 _T0 = time.monotonic()
