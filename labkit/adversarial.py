@@ -44,6 +44,13 @@ def _attack_state(model: nn.Module, eval_mode: bool) -> Iterator[None]:
         yield
 
 
+def _same_device(model: nn.Module, x: Tensor, fn: str) -> None:
+    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    if param is not None and param.device != x.device:
+        raise ValueError(f"{fn}: images are on {x.device} but the model is on {param.device}; "
+                         f"move them with images.to({str(param.device)!r})")
+
+
 def _check_images(images: object) -> Tensor:
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a torch.Tensor [B, C, H, W], got {type(images).__name__}")
@@ -130,6 +137,7 @@ def fgsm(model: nn.Module, images: Tensor, labels: int | Tensor, eps: float, *, 
     device; ``images`` are not modified. Used in lab 03 (accuracy vs epsilon).
     """
     x = _check_images(images)
+    _same_device(model, x, "fgsm")
     eps = _check_number(eps, "eps")
     y = _check_labels(labels, len(x), x.device)
     bounds = _bounds(clamp, x)
@@ -152,6 +160,7 @@ def pgd(model: nn.Module, images: Tensor, labels: int | Tensor, eps: float, *, a
     images on the input's device. Used in lab 03.
     """
     x0 = _check_images(images)
+    _same_device(model, x0, "pgd")
     eps = _check_number(eps, "eps")
     alpha = _check_number(alpha, "alpha", positive=True)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -209,6 +218,7 @@ def adversarial_training_step(model: nn.Module, optimizer: torch.optim.Optimizer
     if not 0 <= clean_weight <= 1:
         raise ValueError(f"clean_weight must lie in [0, 1], got {clean_weight!r}")
     x = _check_images(images)
+    _same_device(model, x, "adversarial_training_step")
     y = _check_labels(labels, len(x), x.device)
     adv = pgd(model, x, y, eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start, clamp=clamp,
               seed=seed, eval_mode=attack_eval_mode)
@@ -244,6 +254,7 @@ def minimal_targeted_attack(model: nn.Module, images: Tensor, target: int | Tens
     """
     single = isinstance(images, Tensor) and images.dim() == 3
     x0 = _check_images(images.unsqueeze(0) if single else images)
+    _same_device(model, x0, "minimal_targeted_attack")
     step_size = _check_number(step_size, "step_size", positive=True)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise ValueError(f"max_steps must be an int >= 0, got {max_steps!r}")

@@ -33,6 +33,13 @@ _SUPPORTED_TEXT = ("a layer inside an nn.Sequential that takes the images as inp
                    "'features.N'), made of Conv2d (zero padding), ReLU, MaxPool2d, BatchNorm2d, Dropout, Identity")
 
 
+def _same_device(model: nn.Module, x: Tensor, fn: str) -> None:
+    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    if param is not None and param.device != x.device:
+        raise ValueError(f"{fn}: images are on {x.device} but the model is on {param.device}; "
+                         f"move them with images.to({str(param.device)!r})")
+
+
 def _pair(v: Any) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -172,6 +179,7 @@ def deconv_projection(model: nn.Module, images: Tensor, layer: str, channel: int
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise ValueError(f"top must be a positive int or None (the whole map), got {top!r}")
     modules = _path(model, layer)
+    _same_device(model, images, "deconv_projection")
     with preserve_state(model), torch.no_grad():
         model.eval()
         act, trace = _verified_forward(model, modules, images.detach(), layer)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .deconv import _prefix
 from .hooks import capture, get_layer, preserve_state
 from .reproducibility import make_generator
 
@@ -103,6 +104,9 @@ def _ascent(model: nn.Module, objective: Callable[[Tensor], Tensor], n: int, *, 
             raise ValueError(f"{name} must be a number >= 0, got {v!r}")
     if not 0 <= clip_percentile < 100:
         raise ValueError(f"clip_percentile must lie in [0, 100) (0 disables), got {clip_percentile!r}")
+    if clamp is not None and (not isinstance(clamp, (tuple, list)) or len(clamp) != 2
+                              or not float(clamp[0]) < float(clamp[1])):
+        raise ValueError(f"clamp must be a pixel range (low, high) with low < high, or None, got {clamp!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable(step, images) or None, got {callback!r}")
     param = next(model.parameters(), None)
@@ -231,11 +235,27 @@ def activation_maximization(model: nn.Module, layer: str, channel: int | Sequenc
     """
     channels = _classes(channel, "channel")
     get_layer(model, layer)  # unknown names raise ValueError listing the valid ones
+    # A layer inside a chain of nn.Sequential that takes the images (VGG's "features.N") needs only
+    # the modules up to it: much faster for early layers of deep nets. Checked once against the
+    # full forward; anything else runs the whole model.
+    prefix = _prefix(model, layer)
+    truncated = nn.Sequential(*prefix) if prefix else None
+    fast: list[bool] = []
 
-    def objective(x: Tensor) -> Tensor:
+    def activation(x: Tensor) -> Tensor:
+        if truncated is not None and fast == [True]:
+            return truncated(x)
         with capture(model, layer) as cap:
             model(x)
-        a = cap.activations[layer]
+        full = cap.activations[layer]
+        if truncated is not None and not fast:
+            with torch.no_grad():
+                short = truncated(x)
+            fast.append(short.shape == full.shape and bool(torch.allclose(short, full, rtol=1e-4, atol=1e-5)))
+        return full
+
+    def objective(x: Tensor) -> Tensor:
+        a = activation(x)
         if a.dim() < 2:
             raise ValueError(f"layer {layer!r} gives outputs of shape {tuple(a.shape)}; pick a layer with "
                              "[B, C, ...] outputs")

@@ -53,6 +53,13 @@ def _reduction(reduction: str) -> str:
     return reduction
 
 
+def _same_device(model: nn.Module, x: Tensor, fn: str) -> None:
+    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    if param is not None and param.device != x.device:
+        raise ValueError(f"{fn}: images are on {x.device} but the model is on {param.device}; "
+                         f"move them with images.to({str(param.device)!r})")
+
+
 def _as_preds(x: Tensor, labels: Tensor, name: str) -> Tensor:
     """Class predictions from integer predictions (same shape as labels) or scores (one more dim)."""
     _tensor(x, name)
@@ -354,6 +361,7 @@ def _perturbation_curve(model: nn.Module, images: Tensor, maps: Tensor, target: 
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _same_device(model, images, "insertion_curve" if insert else "deletion_curve")
     b, c, h, w = images.shape
     m = _as_maps(maps)
     if m.shape != (b, h, w):
@@ -473,6 +481,7 @@ def randomization_test(model: nn.Module, explainer: Callable[..., Tensor], image
     from .hooks import get_layer, preserve_state
 
     _tensor(images, "images")
+    _same_device(model, images, "randomization_test")
     if not callable(explainer):
         raise TypeError(f"explainer must be a callable explainer(model, images, target=...), got {explainer!r}")
     work = copy.deepcopy(model)
@@ -502,7 +511,8 @@ def randomization_test(model: nn.Module, explainer: Callable[..., Tensor], image
         resettable = [m for m in get_layer(work, name).modules() if hasattr(m, "reset_parameters")]
         if not resettable:
             raise ValueError(f"layer {name!r} has no reset_parameters(); choose layers made of standard modules")
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed + i)
             for m in resettable:
                 m.reset_parameters()

@@ -235,3 +235,24 @@ def test_adversarial_training_step_trains_on_pgd_examples():
     assert mixed > 0
     with pytest.raises(ValueError, match="clean_weight"):
         A.adversarial_training_step(model, opt, x, y, eps=0.05, alpha=0.02, steps=1, clean_weight=2.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_attacks_on_cuda_match_cpu():
+    model = copy.deepcopy(MODELS["batchnorm"])
+    x, y = _data(11)
+    calls = {
+        "fgsm": lambda m, v, t: A.fgsm(m, v, t, 0.03),
+        "pgd": lambda m, v, t: A.pgd(m, v, t, 0.03, alpha=0.01, steps=3, seed=1),
+        "pgd_l2": lambda m, v, t: A.pgd(m, v, t, 0.5, alpha=0.1, steps=3, norm="l2", seed=1),
+        "minimal": lambda m, v, t: A.minimal_targeted_attack(m, v, (t + 1) % 5, max_steps=20)[0],
+    }
+    cpu = {k: f(model, x, y) for k, f in calls.items()}
+    model.cuda()
+    for k, f in calls.items():
+        got = f(model, x.cuda(), y.cuda())
+        assert got.device.type == "cuda", k
+        # sign steps can flip where a gradient is ~0: compare the share of differing pixels
+        assert ((got.cpu() - cpu[k]).abs() > 1e-4).float().mean() < 0.01, k
+    with pytest.raises(ValueError, match="move them"):
+        A.fgsm(model, x, y, 0.1)

@@ -205,3 +205,19 @@ def test_crop_pads_outside_the_image_and_model_state_restored():
     assert model.training and torch.equal(model.features[1].running_mean, stats)
     assert torch.equal(images, before)
     assert model.features[2].inplace  # in-place ReLU flags untouched
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_deconv_on_cuda_matches_cpu():
+    model = _vggish()
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    cpu = deconv_projection(model, images, "features.5", 2, top=None)
+    cpu_top = top_patches(model, images, "features.3", 1, k=2)
+    model.cuda()
+    gpu = deconv_projection(model, images.cuda(), "features.5", 2, top=None)
+    assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
+    gpu_top = top_patches(model, images, "features.3", 1, k=2)   # CPU data, CUDA model
+    assert torch.equal(gpu_top["indices"], cpu_top["indices"])
+    assert torch.allclose(gpu_top["projections"], cpu_top["projections"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="move them"):
+        deconv_projection(model, images, "features.5", 2)

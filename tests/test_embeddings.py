@@ -97,3 +97,14 @@ def test_tsne_is_deterministic_for_a_seed_and_separates_clusters():
     assert near_a[:30].all() and not near_a[30:].any()
     with pytest.raises(ValueError, match="perplexity"):
         tsne(feats[:10], perplexity=30)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_extract_features_on_cuda_model():
+    model = _model().eval()
+    x = torch.rand(5, 1, 2, 2)
+    cpu, _ = extract_features(model, x, "1")
+    gpu, _ = extract_features(model.cuda(), x, "1")       # CPU data, CUDA model: batches moved
+    assert gpu.device.type == "cpu" and torch.allclose(gpu, cpu, atol=1e-6)
+    proj, ratio = pca(torch.rand(20, 4).cuda(), 2)
+    assert proj.device.type == "cuda" and ratio.shape == (2,)

@@ -130,3 +130,44 @@ def test_model_left_as_found_also_on_errors():
     assert not model[0].weight.requires_grad and model[0].bias.requires_grad
     assert count_hooks(model) == hooks
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_feature_vis_on_cuda_matches_cpu():
+    model = _cnn()
+    kw = dict(shape=(1, 8, 8), steps=5, lr=0.5, jitter=1, blur_every=2, clip_percentile=10, seed=0)
+    cpu = class_visualization(model, [0, 2], **kw)
+    cpu_am = activation_maximization(model, "3", 1, **kw)
+    model.cuda()
+    gpu = class_visualization(model, [0, 2], **kw)
+    gpu_am = activation_maximization(model, "3", 1, **kw)
+    assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=1e-4)
+    assert torch.allclose(gpu_am.cpu(), cpu_am, atol=1e-4)
+    assert torch.allclose(gaussian_blur(cpu.cuda(), 1.0).cpu(), gaussian_blur(cpu, 1.0), atol=1e-6)
+
+
+class _Shifted(nn.Module):
+    """features does not see the images themselves: the truncated forward must not be used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
+
+    def forward(self, x):
+        return self.head(self.features(2 * x - 1))
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_truncated_forward_gives_the_full_models_answer(shift, monkeypatch):
+    import labkit.feature_vis as fv
+
+    model = _Shifted().eval()
+    if not shift:
+        model.forward = lambda x: model.head(model.features(x))
+    kw = dict(shape=(1, 8, 8), steps=6, lr=0.5, seed=0, return_history=True)
+    fast_img, fast_h = activation_maximization(model, "features.2", 1, **kw)
+    monkeypatch.setattr(fv, "_prefix", lambda m, layer: None)  # always the whole model
+    slow_img, slow_h = activation_maximization(model, "features.2", 1, **kw)
+    assert torch.allclose(fast_img, slow_img, atol=1e-6) and torch.allclose(fast_h, slow_h, atol=1e-6)

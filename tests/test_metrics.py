@@ -290,3 +290,26 @@ def test_metrics_do_not_modify_inputs():
     M.iou(masks, masks)
     assert torch.equal(maps, m0) and torch.equal(masks, k0)
     assert np.isfinite(M.spearman(maps[0], maps[1]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_metrics_on_cuda_match_cpu():
+    model = _tiny_cnn().eval()
+    images = torch.rand(3, 1, 8, 8)
+    maps = torch.rand(3, 8, 8)
+    masks = torch.rand(3, 8, 8) > 0.5
+    cpu_del = M.deletion_curve(model, images, maps, steps=5)
+    cpu_ins = M.insertion_curve(model, images, maps, steps=5)
+    cpu_rand = M.randomization_test(model, _grad_map, images)
+    model.cuda()
+    dev = dict(device="cuda")
+    assert torch.allclose(M.deletion_curve(model, images.cuda(), maps.cuda(), steps=5).cpu(), cpu_del, atol=1e-5)
+    assert torch.allclose(M.insertion_curve(model, images.cuda(), maps.cuda(), steps=5).cpu(), cpu_ins, atol=1e-5)
+    gpu_rand = M.randomization_test(model, _grad_map, images.cuda())
+    assert list(gpu_rand) == list(cpu_rand)  # values differ: CUDA re-initialization draws other numbers
+    assert M.pointing_game(maps.to(**dev), masks.to(**dev), tolerance=1)[0] == M.pointing_game(maps, masks, tolerance=1)[0]
+    assert torch.equal(M.iou(masks.to(**dev), masks.to(**dev)).cpu(), M.iou(masks, masks))
+    assert torch.equal(M.threshold_mask(maps.to(**dev), fraction=0.2).cpu(), M.threshold_mask(maps, fraction=0.2))
+    assert torch.allclose(M.boundary_f1(masks.to(**dev), masks.flip(1).to(**dev)).cpu(), M.boundary_f1(masks, masks.flip(1)))
+    with pytest.raises(ValueError, match="move them"):
+        M.deletion_curve(model, images, maps)
