@@ -7,6 +7,7 @@ per epoch is printed instead, so the published site shows no empty widget boxes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -259,6 +260,59 @@ def _fingerprint(obj: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def _code_key(code: Any) -> list[Any]:
+    """Bytecode, names and constants of a function body (nested code objects recursively)."""
+    return [code.co_code.hex(), list(code.co_names), [_value_key(c) for c in code.co_consts]]
+
+
+def _value_key(v: Any) -> Any:
+    """A stable stand-in for ``v`` in a key: no memory addresses, no hash-randomized set order."""
+    if hasattr(v, "co_code"):
+        return _code_key(v)
+    if isinstance(v, Tensor) or (hasattr(v, "images") and hasattr(v, "labels")):
+        return _fingerprint(v)
+    if callable(v):
+        return _callable_key(v)
+    if isinstance(v, (list, tuple)):
+        return [_value_key(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _value_key(x) for k, x in v.items()}
+    if isinstance(v, (set, frozenset)):
+        return sorted(repr(_value_key(x)) for x in v)
+    r = repr(v)
+    return type(v).__qualname__ if " at 0x" in r else r
+
+
+def _callable_key(fn: Any) -> Any:
+    """What identifies a callable option (``augment``, ``loss_fn``) in a checkpoint key.
+
+    The name alone is not enough: every lambda is called ``<lambda>``, and two
+    ``nn.CrossEntropyLoss`` with other options share a name. Functions are keyed by their
+    bytecode, referenced names, constants, defaults and closure values; modules by their
+    repr, public settings and weights. Functions they call are not followed (rename the
+    function or pass ``retrain=True`` after changing one).
+    """
+    if isinstance(fn, nn.Module):
+        settings = {k: _value_key(v) for k, v in sorted(vars(fn).items())
+                    if not k.startswith("_") and k != "training"}
+        return [repr(fn), settings, _fingerprint(dict(fn.state_dict()))]
+    if isinstance(fn, functools.partial):
+        return ["partial", _callable_key(fn.func), _value_key(list(fn.args)), _value_key(dict(fn.keywords))]
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    code = getattr(fn, "__code__", None)
+    if code is None:  # builtins, classes, other callables
+        return name
+    cells = []
+    for cell in fn.__closure__ or ():
+        try:
+            cells.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            cells.append(None)
+    if any(c is fn for c in cells):  # a recursive inner function refers to itself
+        cells = [None if c is fn else c for c in cells]
+    return [name, _fingerprint(repr(_code_key(code))), _fingerprint(repr(_value_key([cells, fn.__defaults__ or ()])))]
+
+
 def train_or_load(name: str, model: nn.Module, train: DataLike, val: DataLike | None = None, *,
                   root: str | os.PathLike | None = None, retrain: bool = False, **fit_kwargs: Any) -> History:
     """Load ``model``'s weights from the checkpoint cache when present, else :func:`fit` and save.
@@ -274,7 +328,7 @@ def train_or_load(name: str, model: nn.Module, train: DataLike, val: DataLike | 
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
     if "on_epoch_end" in fit_kwargs or isinstance(fit_kwargs.get("optimizer"), torch.optim.Optimizer):
         raise ValueError("train_or_load cannot cache runs with on_epoch_end or an optimizer object; call fit()")
-    options = {k: (v.__qualname__ if callable(v) else v) for k, v in sorted(fit_kwargs.items()) if k != "device"}
+    options = {k: (_callable_key(v) if callable(v) else v) for k, v in sorted(fit_kwargs.items()) if k != "device"}
     key = _fingerprint([name, repr(model), json.dumps(options, sort_keys=True, default=repr),
                         _fingerprint(train) if not isinstance(train, DataLoader) else repr(train.dataset),
                         _fingerprint(val) if val is not None and not isinstance(val, DataLoader) else repr(val)])
