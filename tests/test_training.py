@@ -398,3 +398,23 @@ def test_train_or_load_refuses_uncacheable_options(tmp_path) -> None:
     with pytest.raises(ValueError, match="cannot cache"):
         train_or_load("x", model, sign_task(4), root=tmp_path, epochs=1, on_epoch_end=lambda *a: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_or_load_keys_callable_options_by_their_code_and_values(tmp_path, monkeypatch) -> None:
+    """Every lambda is named '<lambda>': a changed augment or loss must not load a stale checkpoint."""
+    data = sign_task(8)
+    common = dict(root=tmp_path, epochs=1, batch_size=8)
+
+    def shift(e: float):
+        return lambda t: t + e
+
+    for option in (dict(augment=lambda t: t.flip(-1)), dict(augment=lambda t: t.roll(1, -1)),
+                   dict(augment=shift(0.1)), dict(augment=shift(0.2)),
+                   dict(loss_fn=nn.CrossEntropyLoss()), dict(loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1))):
+        train_or_load("c", tiny_cnn(), data, **common, **option)
+    assert len(list(tmp_path.glob("*.pt"))) == 6
+    monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("should have loaded"))
+    # equal code and values (new objects) find the same checkpoints
+    train_or_load("c", tiny_cnn(), data, **common, augment=lambda t: t.flip(-1))
+    train_or_load("c", tiny_cnn(), data, **common, augment=shift(0.2))
+    train_or_load("c", tiny_cnn(), data, **common, loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1))
