@@ -300,8 +300,9 @@ def _callable_key(fn: Any) -> Any:
         return ["partial", _callable_key(fn.func), _value_key(list(fn.args)), _value_key(dict(fn.keywords))]
     name = getattr(fn, "__qualname__", type(fn).__qualname__)
     code = getattr(fn, "__code__", None)
-    if code is None:  # builtins, classes, other callables
-        return name
+    if code is None:  # builtins, classes, callable objects (then their attributes count)
+        has_state = not isinstance(fn, type) and isinstance(getattr(fn, "__dict__", None), dict)
+        return [name, _value_key(vars(fn))] if has_state else name
     cells = []
     for cell in fn.__closure__ or ():
         try:
