@@ -408,13 +408,21 @@ def test_train_or_load_keys_callable_options_by_their_code_and_values(tmp_path, 
     def shift(e: float):
         return lambda t: t + e
 
-    for option in (dict(augment=lambda t: t.flip(-1)), dict(augment=lambda t: t.roll(1, -1)),
+    class Scale:
+        def __init__(self, k: float) -> None:
+            self.k = k
+
+        def __call__(self, t: torch.Tensor) -> torch.Tensor:
+            return t * self.k
+
+    for option in (dict(augment=Scale(1.0)), dict(augment=Scale(2.0)),dict(augment=lambda t: t.flip(-1)), dict(augment=lambda t: t.roll(1, -1)),
                    dict(augment=shift(0.1)), dict(augment=shift(0.2)),
                    dict(loss_fn=nn.CrossEntropyLoss()), dict(loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1))):
         train_or_load("c", tiny_cnn(), data, **common, **option)
-    assert len(list(tmp_path.glob("*.pt"))) == 6
+    assert len(list(tmp_path.glob("*.pt"))) == 8
     monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("should have loaded"))
     # equal code and values (new objects) find the same checkpoints
     train_or_load("c", tiny_cnn(), data, **common, augment=lambda t: t.flip(-1))
     train_or_load("c", tiny_cnn(), data, **common, augment=shift(0.2))
     train_or_load("c", tiny_cnn(), data, **common, loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1))
+    train_or_load("c", tiny_cnn(), data, **common, augment=Scale(2.0))
