@@ -259,10 +259,12 @@ def boundary_f1(pred: Tensor, true: Tensor, *, tolerance: int = 1, reduction: st
     _tensor(true, "true")
     if true.dtype.is_floating_point:
         raise TypeError(f"true must be a label map or mask (integer or bool), got dtype {true.dtype}")
-    t = true.unsqueeze(0) if true.dim() == 2 else true
+    t = (true.unsqueeze(0) if true.dim() == 2 else true).long()
     if t.dim() != 3:
         raise ValueError(f"true must be [B, H, W] (or one [H, W]), got {tuple(true.shape)}")
-    p = _as_preds(pred.unsqueeze(0) if pred.dim() == 2 else pred, t, "pred")
+    p = _tensor(pred, "pred")
+    p = p.unsqueeze(0) if p.dim() == 2 else p
+    p = _as_preds(p.long() if p.dtype == torch.bool else p, t, "pred")
     bp, bt = _boundaries(p.long()), _boundaries(t.long())
     n_p = bp.flatten(1).sum(1).double()
     n_t = bt.flatten(1).sum(1).double()

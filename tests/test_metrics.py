@@ -112,6 +112,9 @@ def test_boundary_f1_hand_computed():
     # all are within 1, so F1 = 1.
     assert M.boundary_f1(pred, true, tolerance=1).item() == pytest.approx(1.0)
     # no boundary in either -> 1; in one only -> 0
+    # boolean masks work the same as label maps, and one [H, W] image is a batch of one
+    assert M.boundary_f1(pred.bool(), true.bool(), tolerance=0).tolist() == pytest.approx([2 * p * r / (p + r)])
+    assert M.boundary_f1(pred[0].bool(), true[0], tolerance=1).tolist() == pytest.approx([1.0])
     flat = torch.zeros(1, 4, 4, dtype=torch.long)
     assert M.boundary_f1(flat, flat).item() == 1.0
     assert M.boundary_f1(flat, true).item() == 0.0
