@@ -113,6 +113,11 @@ def _explaining(model: nn.Module) -> Iterator[None]:
 
 def _class_index(output: Tensor, target: Target, fn: str) -> Tensor:
     """Per-image class indices [B] (long, on the output's device) for a non-callable target."""
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"{fn}: the model returns {type(output).__name__}, not a tensor of scores; pass a callable target "
+            "f(output) -> [B] that picks the score to explain"
+        )
     if output.ndim != 2:
         raise ValueError(
             f"{fn}: target={target!r} selects a class, which needs a model output [B, classes], got "
@@ -147,22 +152,24 @@ def _class_index(output: Tensor, target: Target, fn: str) -> Tensor:
     )
 
 
-def resolve_target(output: Tensor, target: Target, *, fn: str = "resolve_target") -> Tensor:
+def resolve_target(output: object, target: Target, *, batch: int | None = None, fn: str = "resolve_target") -> Tensor:
     """The scores [B] to explain: ``output[i, target_i]`` (pre-softmax) or ``target(output)``.
 
     ``target``: ``None`` (argmax class of each row), an ``int``, a 1-D tensor (or list) of
     per-image classes, or a callable ``f(output) -> [B]`` (e.g. the summed logits of a region
-    of a segmentation, for area Grad-CAM). Used by every explainer (labs 02-07).
+    of a segmentation, for area Grad-CAM; it also receives non-tensor outputs, such as a VAE's
+    ``(reconstruction, mu, logvar)``, in which case ``batch`` gives B). Used by every
+    explainer (labs 02-07).
     """
-    if not isinstance(output, Tensor):
-        raise TypeError(f"{fn}: the model output must be a tensor, got {type(output).__name__}")
     if callable(target) and not isinstance(target, Tensor):
+        if batch is None:
+            if not isinstance(output, Tensor):
+                raise TypeError(f"{fn}: pass batch=B with a model output of type {type(output).__name__}")
+            batch = output.shape[0]
         scores = target(output)
-        if not isinstance(scores, Tensor) or scores.shape != output.shape[:1]:
+        if not isinstance(scores, Tensor) or tuple(scores.shape) != (batch,):
             shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(
-                f"{fn}: a callable target must return one score per image, shape ({output.shape[0]},), got {shape}"
-            )
+            raise ValueError(f"{fn}: a callable target must return one score per image, shape ({batch},), got {shape}")
         return scores
     idx = _class_index(output, target, fn)
     return output.gather(1, idx[:, None]).squeeze(1)
@@ -179,8 +186,10 @@ def _input_grad(model: nn.Module, x: Tensor, target: Target, fn: str, rule: str 
     """d(sum of selected scores)/d(input): one forward and one input-only backward."""
     x = x.detach().clone().requires_grad_(True)
     rules = relu_rule(model, rule) if rule is not None else contextlib.nullcontext()
-    with rules, torch.enable_grad():
-        scores = resolve_target(model(x), target, fn=fn)
+    with torch.enable_grad():
+        with rules:  # the rules are recorded in the graph by the forward pass
+            output = model(x)
+        scores = resolve_target(output, target, batch=x.shape[0], fn=fn)
         (grad,) = torch.autograd.grad(scores.sum(), x)
     return grad
 
@@ -400,7 +409,7 @@ def grad_cam(
                 f"{fn}: layer {key!r} outputs shape {tuple(acts.shape)}; Grad-CAM needs a feature map "
                 "[B, C, h, w] (pick a convolutional layer, see lk.layer_names(model, kind=nn.Conv2d))"
             )
-        scores = resolve_target(output, target, fn=fn)
+        scores = resolve_target(output, target, batch=images.shape[0], fn=fn)
         try:
             (grads,) = torch.autograd.grad(scores.sum(), acts)
         except RuntimeError as exc:
@@ -516,13 +525,14 @@ def occlusion(
     with _explaining(model), torch.no_grad():
         clean = model(x)
         targets = _row_targets(clean, target, fn)
-        out_map = torch.empty(x.shape[0], grid[0] * grid[1], dtype=clean.dtype, device=x.device)
+        dtype = clean.dtype if isinstance(clean, Tensor) and clean.is_floating_point() else x.dtype
+        out_map = torch.empty(x.shape[0], grid[0] * grid[1], dtype=dtype, device=x.device)
         for rows, pos, copies in batches:
             out = model(copies)
             if isinstance(targets, Tensor):
                 vals = torch.softmax(out, dim=1).gather(1, targets[rows][:, None]).squeeze(1)
             else:
-                vals = resolve_target(out, targets, fn=fn)
+                vals = resolve_target(out, targets, batch=len(rows), fn=fn)
             out_map[rows, pos] = vals.to(out_map.dtype)
     return out_map.view(x.shape[0], *grid)
 
@@ -597,7 +607,8 @@ def occlusion_activation(
             if channel >= n_ch:
                 raise ValueError(f"{fn}: channel={channel} is out of range for layer {key!r} with {n_ch} channels")
             chans = torch.full((x.shape[0],), channel, dtype=torch.long, device=x.device)
-        out_map = torch.empty(x.shape[0], grid[0] * grid[1], dtype=clean.dtype, device=x.device)
+        dtype = clean.dtype if isinstance(clean, Tensor) and clean.is_floating_point() else x.dtype
+        out_map = torch.empty(x.shape[0], grid[0] * grid[1], dtype=dtype, device=x.device)
         for rows, pos, copies in batches:
             vals = summary(_forward_to(model, copies, module, key, fn))
             out_map[rows, pos] = vals.gather(1, chans[rows][:, None]).squeeze(1)

@@ -224,14 +224,15 @@ _FUNCTIONAL_RELUS = {
 
 
 class _FunctionalReluGuard(TorchFunctionMode):
-    """Raises when a relu is called outside an ``nn.ReLU`` module while a rule is active."""
+    """Raises when the model's forward calls a relu outside an ``nn.ReLU`` module while a rule is active."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.inside = 0
+        self.in_model = 0  # depth of the model's own forward (code around it may use relu freely)
+        self.inside = 0  # depth inside an nn.ReLU module
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        if func in _FUNCTIONAL_RELUS and self.inside == 0:
+        if func in _FUNCTIONAL_RELUS and self.in_model > 0 and self.inside == 0:
             raise RuntimeError(
                 "relu_rule: the model calls relu functionally (torch.relu / F.relu / x.relu()), outside an "
                 "nn.ReLU module, so the backward rule cannot be applied there and the map would be wrong; "
@@ -250,9 +251,11 @@ def relu_rule(model: nn.Module, rule: str) -> Iterator[None]:
     applied several times per forward pass (torchvision's ResNet blocks) gets the rule at
     every call. In-place ReLUs (VGG) are switched to out-of-place for the block (an in-place
     ReLU overwrites its input, whose graph would still apply the forward mask) and switched
-    back on exit. A relu called functionally (``F.relu``) inside the block raises
-    ``RuntimeError`` instead of giving a silently wrong map; a model without any ``nn.ReLU``
-    raises ``ValueError``. Used in labs 05, 06, 07 (guided backprop, deconvnet).
+    back on exit. A relu called functionally (``F.relu``) by the model's forward inside the block
+    raises ``RuntimeError`` instead of giving a silently wrong map (code outside the model's
+    forward may use relu); a model without any ``nn.ReLU`` raises ``ValueError``. The rules live
+    in the graph built by the forward pass, so the backward may run after the block.
+    Used in labs 05, 06, 07 (guided backprop, deconvnet).
     """
     _check_model(model, "relu_rule")
     if rule not in _RULES:
@@ -273,9 +276,17 @@ def relu_rule(model: nn.Module, rule: str) -> Iterator[None]:
         guard.inside -= 1
         return _RuleReLU.apply(args[0], rule)
 
+    def enter_model(module: nn.Module, args: tuple) -> None:
+        guard.in_model += 1
+
+    def leave_model(module: nn.Module, args: tuple, output: Any) -> None:
+        guard.in_model -= 1
+
     handles: list[Any] = []
     inplace = [(m, m.inplace) for m in relus]
     try:
+        handles.append(model.register_forward_pre_hook(enter_model))
+        handles.append(model.register_forward_hook(leave_model))
         for m in relus:
             m.inplace = False
             handles.append(m.register_forward_pre_hook(pre_hook))

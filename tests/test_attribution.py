@@ -194,6 +194,53 @@ def test_guided_backprop_and_deconvnet_are_the_ruled_gradients() -> None:
     model.zero_grad()
 
 
+def test_callable_target_on_a_tuple_output_like_a_vae() -> None:
+    """Area guided backprop on a reconstruction (lab 07): the callable receives the model's tuple."""
+
+    class TinyVAE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.dec = nn.Conv2d(4, 3, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            h = self.enc(x)
+            return torch.sigmoid(self.dec(h)), h.mean((2, 3)), h.std((2, 3))
+
+    torch.manual_seed(5)
+    vae = TinyVAE().double()
+    x = images()
+
+    def region(out: tuple) -> torch.Tensor:
+        return out[0][:, :, 2:5, 2:5].relu().sum((1, 2, 3))  # a relu outside the model is fine
+
+    v = x.clone().requires_grad_(True)
+    with lk.relu_rule(vae, "guided"):
+        out = vae(v)
+    region(out).sum().backward()
+    torch.testing.assert_close(lk.guided_backprop(vae, x, region), v.grad)
+    with pytest.raises(TypeError, match="callable target"):
+        lk.guided_backprop(vae, x, 1)
+    with pytest.raises(ValueError, match="one score per image"):
+        lk.saliency(vae, x, lambda out: out[0].sum())
+
+
+def test_functional_relu_in_the_model_raises_for_guided_backprop() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.relu(self.conv(x))).mean((2, 3))
+
+    model = Functional().double()
+    with pytest.raises(RuntimeError, match="functionally"):
+        lk.guided_backprop(model, images(), 0)
+    lk.saliency(model, images(), 0)  # plain gradients are fine with functional relus
+
+
 # --------------------------------------------------------------------------------------------- Grad-CAM
 
 

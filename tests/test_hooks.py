@@ -260,6 +260,10 @@ def test_relu_rule_rejects_functional_relu_and_bad_rules() -> None:
         with relu_rule(mixed, "guided"):
             mixed(torch.ones(1, 2))
     assert count_hooks(mixed) == 0 and _fn_stack() == 0
+    net = tiny_mlp()
+    with relu_rule(net, "guided"):  # relu outside the model's forward is not the model's business
+        torch.testing.assert_close(torch.relu(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2.0]))
+        net(torch.ones(1, 2))
     with pytest.raises(ValueError, match="rule must be one of"):
         with relu_rule(tiny_mlp(), "zeiler"):
             pass
