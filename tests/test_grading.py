@@ -417,6 +417,26 @@ def test_killed_batch_loses_nothing(tmp_path: Path):
     assert not _running_in(tmp), "sandbox processes survived the grader"
 
 
+def test_without_namespaces(tmp_path: Path):
+    """isolation='none' (machines without user namespaces): limits and tamper-resistance still hold."""
+    inst = _instructor()
+    lab = tmp_path / "lab" / "99_synthetic.ipynb"
+    lab.parent.mkdir()
+    nbformat.write(inst, lab)
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    ok = _correct(inst)
+    nbformat.write(ok, subs / "correct.ipynb")
+    nbformat.write(_replace(_with(ok, MEAN + 1, TAMPER), ADD, "return a + b", "return 5"), subs / "tamper.ipynb")
+    nbformat.write(_with(ok, MEAN + 1, "while True:\n    pass"), subs / "loop.ipynb")
+    report = G.grade_submissions(lab, subs, tmp_path / "out", profile="smoke", timeout_cell=6, timeout_total=60,
+                                 memory_mb=1024, jobs=2, isolation="none", log=None)
+    assert report.isolation.mode == "none" and "NOT blocked" in report.isolation.describe()
+    got = {r.id: (r.status, r.total) for r in report.results}
+    assert got == {"correct": ("ok", 6), "tamper": ("failed-checks", 4), "loop": ("timeout", 6)}
+    assert all(r.isolation == "none" for r in report.results)
+
+
 def _running_in(folder: Path) -> list[int]:
     """Processes whose working directory lies under ``folder`` (the sandboxes of a batch)."""
     pids = []
