@@ -323,6 +323,39 @@ def test_classify_rejects_forged_or_missing_results(synthetic):
     assert missing.status == "error" and "missing or forged" in missing.message
 
 
+def test_guard_restores_tampering_without_a_kernel():
+    """The guard/restore/collect code in a plain interpreter (no IPython): what it puts back."""
+    from labkit.grading.kernel_code import collect_cell, guard_cell, restore_cell
+
+    results_src = (REPO / "labkit" / "results.py").read_text()
+    script = "\n".join([
+        guard_cell(token="t0k", results_source=results_src, aliases={"lk": "labkit", "json": "json"}),
+        "import builtins, json, sys, types, labkit, labkit.results",
+        "lk = labkit",
+        "lk.check('visible', True, quiet=True)",
+        "fake = lambda *a, **k: True",
+        "lk.check = fake; labkit.results.check = fake; builtins.abs = lambda x: 0",
+        "json.dumps = lambda *a, **k: 'forged'; sys.modules['labkit'] = types.ModuleType('labkit')",
+        restore_cell("t0k"),
+        "import labkit as lk2",
+        "assert lk2 is labkit and lk2.check is not fake and abs(-2) == 2, 'restored'",
+        "lk2.check('hidden_a', 1 + 1 == 2, 'two', points=2)",
+        "lk2.check('hidden_b', False, 'no')",
+        collect_cell("t0k", "nonce123"),
+    ])
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(MARK))
+    _, nonce, payload = line.split(" ", 2)
+    payload = json.loads(payload)
+    assert nonce == "nonce123" and payload["nonce"] == "nonce123" and payload["restore_ran"]
+    assert [(c["name"], c["passed"], c["points"]) for c in payload["checks"]] == [("hidden_a", True, 2.0),
+                                                                                ("hidden_b", False, 1.0)]
+    restored = set(payload["restored"])
+    assert {"added labkit.check", "labkit.results.check", "builtins.abs", "json.dumps",
+            "sys.modules['labkit']"} <= restored, restored
+
+
 def test_discover_and_validation(tmp_path: Path):
     (tmp_path / "b b.ipynb").write_text("{}")
     (tmp_path / "notes.txt").write_text("x")
@@ -435,6 +468,53 @@ def test_without_namespaces(tmp_path: Path):
     got = {r.id: (r.status, r.total) for r in report.results}
     assert got == {"correct": ("ok", 6), "tamper": ("failed-checks", 4), "loop": ("timeout", 6)}
     assert all(r.isolation == "none" for r in report.results)
+
+
+def test_total_time_limit_skips_cells_and_still_grades(tmp_path: Path):
+    inst = _instructor()
+    lab = tmp_path / "lab" / "99_synthetic.ipynb"
+    lab.parent.mkdir()
+    nbformat.write(inst, lab)
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    slow = _correct(inst)
+    for k in range(3):
+        slow = _with(slow, MEAN + 1 + k, f"import time\ntime.sleep(3)\nprint('slept {k}')")
+    nbformat.write(slow, subs / "slow.ipynb")
+    (r,) = G.grade_submissions(lab, subs, tmp_path / "out", timeout_cell=30, timeout_total=4, memory_mb=1024,
+                               log=None).results
+    assert (r.status, r.total) == ("timeout", 6), r.message
+    assert "total time limit (4 s)" in r.message or "interrupted" in r.message
+    executed = nbformat.read(tmp_path / "out" / "slow" / "executed.ipynb", as_version=4)
+    skipped = [c for c in executed.cells if "skipped-by-grader" in c.metadata.get("tags", [])]
+    assert skipped and all("time.sleep(3)" in c.source for c in skipped)
+
+
+def test_hard_limit_kills_the_whole_sandbox(tmp_path: Path):
+    """run_sandbox kills the sandbox at the hard limit (here before the kernel even answers)."""
+    from types import SimpleNamespace
+
+    from labkit.grading.sandbox import run_sandbox
+
+    inst = tmp_path / "lab.ipynb"
+    nbformat.write(_instructor(), inst)
+    nb = G._prepare_notebook(_with(_correct(_instructor()), MEAN + 1, "import time\ntime.sleep(600)"), 2, "pass")
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    ctx = SimpleNamespace(batch_root=batch, python=sys.executable, memory_mb=1024, threads=1, env_extra={},
+                          lab=load_instructor_lab(inst))
+    jobdir, workdir = G._prepare_workdir(ctx, "sleeper", inst)
+    job = {"name": "x.ipynb", "workdir": str(workdir), "notebook": nb, "parameters": {"PROFILE": "smoke"},
+           "kernel_name": G.KERNEL_NAME, "timeout_cell": 600, "timeout_total": 600, "start_timeout": 60,
+           "max_output_bytes": 2**20, "max_output_bytes_grader": 2**20, "driver_memory_bytes": 0,
+           "max_file_bytes": 2**20, "workdir_mb": 16, "namespaces": bool(ISO.prefix), "hide_dirs": [str(batch)],
+           "hide_files": [], "keep": [sys.prefix]}
+    out = run_sandbox(job, lambda: {}, isolation=ISO, env=G._env(ctx, workdir), hard_timeout=8)
+    assert out.killed and out.done is None and 7 < out.wall_s < 60
+    deadline = time.monotonic() + 20
+    while _running_in(batch) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _running_in(batch), "processes of the killed sandbox are still running"
 
 
 def _running_in(folder: Path) -> list[int]:

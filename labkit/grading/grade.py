@@ -39,6 +39,7 @@ STATUSES = ("ok", "failed-checks", "error", "timeout", "memory", "kernel-died", 
 DEFAULT_MEMORY_MB = 6144  # lab 00 smoke peaks at ~4.4 GB of address space (torch), see book/instructors.md
 DEFAULT_MAX_OUTPUT_MB = 16.0
 KERNEL_NAME = "labkit-grader"
+WORKDIR_MB = 1024  # the work folder is a tmpfs of this size when namespaces are available
 RESULT_FILE = "result.json"
 
 # Source patterns an instructor may want to look at (flagged, never penalised).
@@ -368,7 +369,7 @@ def _grade_one(ctx: _Context, sub_id: str, path: Path) -> GradeResult:
         "start_timeout": ctx.start_timeout, "max_output_bytes": ctx.max_output_bytes,
         "max_output_bytes_grader": max(ctx.max_output_bytes, 1 << 20),
         "driver_memory_bytes": (ctx.memory_mb + 2048) * 2**20 if ctx.memory_mb else 0,
-        "max_file_bytes": 1 << 30, "namespaces": bool(ctx.isolation.prefix),
+        "max_file_bytes": 1 << 30, "workdir_mb": WORKDIR_MB, "namespaces": bool(ctx.isolation.prefix),
         "hide_dirs": ctx.hide_dirs + [str(ctx.batch_root)], "hide_files": ctx.hide_files, "keep": ctx.keep,
     }
 
@@ -427,6 +428,11 @@ def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: s
         else:
             why = done.get("fatal") or outcome.protocol_error or f"the sandbox exited with code {outcome.returncode}"
             tail = outcome.log_tail.strip().splitlines()[-3:]
+            if not done and not outcome.protocol_error and (outcome.returncode or 0) < 0:
+                # the driver never fails this way on its own: something in the sandbox killed it
+                res.status = "kernel-died"
+                res.message = f"the sandbox was killed by signal {-(outcome.returncode or 0)} (by the submission?)"
+                return
             res.status, res.message = "grader-error", f"{why}" + (f" | {' / '.join(tail)}" if tail else "")
         return
     nb = done["nb"]
@@ -647,7 +653,8 @@ def _load_result(path: Path) -> GradeResult | None:
 
 def _write_csv(out: Path, lab: InstructorLab, lock: threading.Lock) -> None:
     with lock:
-        results = [r for r in (_load_result(p) for p in sorted(out.glob(f"*/{RESULT_FILE}"))) if r is not None]
+        results = [r for r in (_load_result(p) for p in sorted(out.glob(f"*/{RESULT_FILE}")))
+                   if r is not None and r.lab == lab.name]
         names = [c.name for c in lab.checks]
         extra = sorted({n for r in results for n in r.points} - set(names))
         names += extra

@@ -184,8 +184,12 @@ def _restore():
             if mod is None:
                 try:
                     mod = importlib.import_module(modname)
-                except Exception:
-                    continue
+                except Exception:  # "from package import function": the function itself
+                    parent, _, attr = modname.rpartition(".")
+                    try:
+                        mod = _getattr(importlib.import_module(parent), attr)
+                    except Exception:
+                        continue
             if _ip.user_ns.get(alias, _MISSING) is not mod:
                 if alias in _ip.user_ns:
                     restored.append("user namespace " + alias)

@@ -310,8 +310,10 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def _isolate_files(workdir: str, hide_dirs: list[str], hide_files: list[str], keep: list[str]) -> list[str]:
-    """Hide folders/files, bind the work folder, make every other mount read-only; returns notes."""
+def _isolate_files(workdir: str, hide_dirs: list[str], hide_files: list[str], keep: list[str],
+                   workdir_mb: int = 0) -> list[str]:
+    """Hide folders/files, give the work folder back (a size-capped tmpfs holding a copy of it when
+    ``workdir_mb`` > 0, else a bind mount), make every other mount read-only; returns notes."""
     mount = _libc_mount()
     notes = []
     mount(None, "/", None, _MS_REC | _MS_PRIVATE)
@@ -326,7 +328,13 @@ def _isolate_files(workdir: str, hide_dirs: list[str], hide_files: list[str], ke
         mount("tmpfs", d, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=64k,mode=0755")
         covered.append(d)
     os.makedirs(workdir, exist_ok=True)
-    mount(f"/proc/self/fd/{wfd}", workdir, None, _MS_BIND)
+    if workdir_mb > 0:  # RAM-backed and capped: a submission cannot fill the grader's disk
+        import shutil
+
+        mount("tmpfs", workdir, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={int(workdir_mb)}m,mode=0700")
+        shutil.copytree(f"/proc/self/fd/{wfd}", workdir, symlinks=True, dirs_exist_ok=True)
+    else:
+        mount(f"/proc/self/fd/{wfd}", workdir, None, _MS_BIND)
     os.close(wfd)
     for f in hide_files:
         if os.path.isfile(f) and not any(_within(f, c) for c in covered):
@@ -361,7 +369,10 @@ def _probe(work: str, secret: str) -> int:
     report: dict[str, Any] = {"ok": False}
     try:
         _loopback_up()
-        notes = _isolate_files(work, [secret, os.path.dirname(work)], [], keep=[sys.prefix])
+        Path(work, "in.txt").write_text("in")
+        notes = _isolate_files(work, [secret, os.path.dirname(work)], [], keep=[sys.prefix], workdir_mb=4)
+        if Path(work, "in.txt").read_text() != "in":
+            raise RuntimeError("the work folder was not copied")
         Path(work, "w.txt").write_text("w")
         try:
             Path(secret, "s.txt").read_text()
@@ -433,7 +444,7 @@ class _Driver:
             try:
                 _loopback_up()
                 notes = _isolate_files(job["workdir"], job.get("hide_dirs", []), job.get("hide_files", []),
-                                       keep=job.get("keep", []))
+                                       keep=job.get("keep", []), workdir_mb=int(job.get("workdir_mb") or 0))
             except Exception as exc:
                 self.send(event="done", fatal=f"sandbox set-up failed: {type(exc).__name__}: {exc}")
                 return 3
@@ -571,8 +582,9 @@ class _Driver:
                 allow_errors=True, interrupt_on_timeout=True,
                 error_on_timeout={"ename": "Timeout", "evalue": "the cell ran out of time and was interrupted",
                                   "traceback": []},
-                on_cell_start=self.on_cell_start, iopub_timeout=10, shutdown_kernel="immediate",
-                cwd=job["workdir"])
+                on_cell_start=self.on_cell_start, shutdown_kernel="immediate",
+                # after an interrupt, how long to wait for the kernel to come back before stopping it
+                iopub_timeout=int(min(60, max(10, float(job["timeout_cell"]) / 2))))
         except BaseException as exc:  # noqa: BLE001 - DeadKernelError, CellTimeoutError, start failures
             error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
         kernel_exit = None
