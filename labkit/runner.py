@@ -85,6 +85,8 @@ def read_parameters(path: Path) -> dict[str, Any]:
 def clean_notebook(nb: Any) -> Any:
     """Drop volatile metadata (papermill timings, widget state) and widget views without a static form.
 
+    ``hidden-test`` cells get the ``remove-cell`` tag, so the site does not show them.
+
     Execution counts stay (they are 1..n for a top-to-bottom run, hence stable).
     """
     nb.metadata.pop("papermill", None)
@@ -92,6 +94,9 @@ def clean_notebook(nb: Any) -> Any:
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
+        tags = cell.metadata.get("tags", [])
+        if "hidden-test" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]  # graders' checks stay off the site
         if cell.cell_type != "code":
             continue
         kept = []
