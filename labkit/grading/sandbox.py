@@ -494,7 +494,8 @@ class _Driver:
             for c in self.nb.cells:
                 if c.metadata.get("labkit_grader", {}).get("kind") == "collect":
                     c.source = payload["collect"]
-        if kind in ("student", "parameters") and time.monotonic() > self.student_deadline and cell.source.strip():
+        if kind in ("student", "parameters") and cell.cell_type == "code" and cell.source.strip() \
+                and time.monotonic() > self.student_deadline:
             cell.metadata.setdefault("labkit_grader", {})["skipped_source"] = cell.source
             cell.source = ""
             self.skipped.append(cell_index)
