@@ -127,14 +127,17 @@ def pca(features: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def tsne(features: Tensor, *, dim: int = 2, perplexity: float = 30.0, seed: int = 0, pca_first: int | None = 50,
-         max_iter: int = 1000) -> Tensor:
+         max_iter: int = 1000, threads: int = 1) -> Tensor:
     """t-SNE embedding (van der Maaten & Hinton 2008) with scikit-learn, deterministic for a ``seed``.
 
     Features with more than ``pca_first`` dimensions are first reduced by :func:`pca` (the usual
-    speed-up; None disables). ``perplexity`` must be below the number of samples. Returns
+    speed-up; None disables). ``perplexity`` must be below the number of samples. ``threads``
+    caps scikit-learn's OpenMP threads: one by default, because on a busy 2-core machine two
+    threads made t-SNE of 1000 points five times slower (spinning threads), not faster. Returns
     ``[N, dim]`` float32 on the CPU. Used in labs 01 and 09.
     """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     x = _as_matrix(features)
     n = len(x)
@@ -148,6 +151,10 @@ def tsne(features: Tensor, *, dim: int = 2, perplexity: float = 30.0, seed: int 
             raise ValueError(f"pca_first must be a positive int or None, got {pca_first!r}")
         if x.shape[1] > pca_first:
             x = pca(x, min(pca_first, n))[0].double()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
     emb = TSNE(n_components=dim, perplexity=float(perplexity), random_state=seed, init="pca",
                learning_rate="auto", max_iter=max_iter, method="barnes_hut" if dim < 4 else "exact")
-    return torch.from_numpy(emb.fit_transform(x.cpu().numpy())).float()
+    with threadpool_limits(limits=threads):
+        out = emb.fit_transform(x.cpu().numpy())
+    return torch.from_numpy(out).float()
