@@ -39,14 +39,44 @@ def _circle(u: Tensor, v: Tensor, cx: float = 0.0, cy: float = 0.0, r: float = 1
     return torch.sqrt((u - cx) ** 2 + (v - cy) ** 2) - r
 
 
-def _regular_polygon(u: Tensor, v: Tensor, sides: int, circumradius: float, phase: float) -> Tensor:
-    apothem = circumradius * math.cos(math.pi / sides)
-    d = None
-    for i in range(sides):
-        a = phase + (i + 0.5) * 2 * math.pi / sides
-        e = u * math.cos(a) + v * math.sin(a) - apothem
-        d = e if d is None else torch.maximum(d, e)
-    return d
+def _polygon(u: Tensor, v: Tensor, verts: Sequence[tuple[float, float]]) -> Tensor:
+    """Exact signed distance to a simple polygon (convex or not): nearest edge, even-odd inside test."""
+    dist = None
+    inside = torch.zeros_like(u, dtype=torch.bool)
+    for i in range(len(verts)):
+        (ax, ay), (bx, by) = verts[i], verts[(i + 1) % len(verts)]
+        ex, ey = bx - ax, by - ay
+        wx, wy = u - ax, v - ay
+        t = ((wx * ex + wy * ey) / (ex * ex + ey * ey)).clamp_(0.0, 1.0)
+        d = (wx - t * ex) ** 2 + (wy - t * ey) ** 2
+        dist = d if dist is None else torch.minimum(dist, d)
+        if ay != by:
+            crosses = ((ay > v) != (by > v)) & (u < ax + ex * (v - ay) / ey)
+            inside ^= crosses
+    dist = dist.sqrt_()
+    return torch.where(inside, -dist, dist)
+
+
+def _regular(sides: int, circumradius: float, phase: float) -> list[tuple[float, float]]:
+    return [(circumradius * math.cos(phase + 2 * math.pi * i / sides),
+             circumradius * math.sin(phase + 2 * math.pi * i / sides)) for i in range(sides)]
+
+
+def _star_vertices(points: int = 5, outer: float = 1.0, inner: float = 0.42) -> list[tuple[float, float]]:
+    verts = []
+    for i in range(2 * points):
+        r = outer if i % 2 == 0 else inner
+        a = -math.pi / 2 + math.pi * i / points
+        verts.append((r * math.cos(a), r * math.sin(a)))
+    return verts
+
+
+_TRIANGLE = _regular(3, 1.0, -math.pi / 2)           # apex up, centroid at the origin
+_HEXAGON = _regular(6, 0.93, 0.0)
+_STAR = _star_vertices()
+_CROSS = [(0.28, -0.88), (0.28, -0.28), (0.88, -0.28), (0.88, 0.28), (0.28, 0.28), (0.28, 0.88),
+          (-0.28, 0.88), (-0.28, 0.28), (-0.88, 0.28), (-0.88, -0.28), (-0.28, -0.28), (-0.28, -0.88)]
+_ARROW = [(-0.9, -0.17), (0.05, -0.17), (0.05, -0.6), (0.95, 0.0), (0.05, 0.6), (0.05, 0.17), (-0.9, 0.17)]
 
 
 def _sd_circle(u: Tensor, v: Tensor) -> Tensor:
@@ -58,36 +88,19 @@ def _sd_square(u: Tensor, v: Tensor) -> Tensor:
 
 
 def _sd_triangle(u: Tensor, v: Tensor) -> Tensor:
-    # apex up; centroid at the origin
-    return _regular_polygon(u, v, 3, 1.0, -math.pi / 2 + math.pi / 3)
+    return _polygon(u, v, _TRIANGLE)
 
 
 def _sd_hexagon(u: Tensor, v: Tensor) -> Tensor:
-    return _regular_polygon(u, v, 6, 0.93, 0.0)
+    return _polygon(u, v, _HEXAGON)
 
 
 def _sd_star(u: Tensor, v: Tensor) -> Tensor:
-    # five-pointed star: fold the angle into one half-spike and use the spike's edge line
-    k = 5
-    rho = torch.sqrt(u * u + v * v)
-    phi = torch.atan2(v, u) + math.pi / 2  # a spike points up
-    sector = 2 * math.pi / k
-    a = torch.remainder(phi + sector / 2, sector) - sector / 2
-    a = a.abs()
-    qx, qy = rho * torch.cos(a), rho * torch.sin(a)
-    ax, ay = 1.0, 0.0
-    ri = 0.42
-    bx, by = ri * math.cos(sector / 2), ri * math.sin(sector / 2)
-    ex, ey = bx - ax, by - ay
-    ln = math.hypot(ex, ey)
-    nx, ny = -ey / ln, ex / ln  # normal pointing away from the origin
-    if nx * (-ax) + ny * (-ay) > 0:
-        nx, ny = -nx, -ny
-    return (qx - ax) * nx + (qy - ay) * ny
+    return _polygon(u, v, _STAR)
 
 
 def _sd_cross(u: Tensor, v: Tensor) -> Tensor:
-    return torch.minimum(_box(u, v, 0.88, 0.28), _box(u, v, 0.28, 0.88))
+    return _polygon(u, v, _CROSS)
 
 
 def _sd_ring(u: Tensor, v: Tensor) -> Tensor:
@@ -95,9 +108,9 @@ def _sd_ring(u: Tensor, v: Tensor) -> Tensor:
 
 
 def _sd_heart(u: Tensor, v: Tensor) -> Tensor:
-    # a diamond (point down) with two discs on its upper edges
+    # a diamond (point down) with two discs on its upper edges; the union of exact distances
     d, c = 0.78, 0.10
-    diamond = (u.abs() + (v - c).abs() - d) / math.sqrt(2)
+    diamond = _polygon(u, v, [(0.0, c - d), (d, c), (0.0, c + d), (-d, c)])
     r = d / math.sqrt(2)
     left = _circle(u, v, -d / 2, c - d / 2, r)
     right = _circle(u, v, d / 2, c - d / 2, r)
@@ -105,20 +118,34 @@ def _sd_heart(u: Tensor, v: Tensor) -> Tensor:
 
 
 def _sd_crescent(u: Tensor, v: Tensor) -> Tensor:
-    return torch.maximum(_circle(u, v, -0.05, 0.0, 0.9), -_circle(u, v, 0.42, -0.1, 0.72))
+    """Disc A minus disc B: distance to the arc of A outside B, to the arc of B inside A, or to a horn."""
+    ax, ay, ra = -0.05, 0.0, 0.9
+    bx, by, rb = 0.42, -0.1, 0.72
+    da = torch.sqrt((u - ax) ** 2 + (v - ay) ** 2)
+    db = torch.sqrt((u - bx) ** 2 + (v - by) ** 2)
+    inside = (da < ra) & (db > rb)
+    # horns: intersection points of the two circles
+    dx, dy = bx - ax, by - ay
+    dd = math.hypot(dx, dy)
+    a = (ra * ra - rb * rb + dd * dd) / (2 * dd)
+    hgt = math.sqrt(ra * ra - a * a)
+    mx, my = ax + a * dx / dd, ay + a * dy / dd
+    horns = [(mx - hgt * dy / dd, my + hgt * dx / dd), (mx + hgt * dy / dd, my - hgt * dx / dd)]
+    dh = torch.minimum(*[torch.sqrt((u - hx) ** 2 + (v - hy) ** 2) for hx, hy in horns])
+    # nearest point on circle A lies outside B -> |da - ra| is the distance to that arc
+    pa_x, pa_y = ax + ra * (u - ax) / da.clamp(min=1e-6), ay + ra * (v - ay) / da.clamp(min=1e-6)
+    on_a = torch.sqrt((pa_x - bx) ** 2 + (pa_y - by) ** 2) >= rb
+    dist_a = torch.where(on_a, (da - ra).abs(), dh)
+    # nearest point on circle B lies inside A -> |db - rb| is the distance to that arc
+    pb_x, pb_y = bx + rb * (u - bx) / db.clamp(min=1e-6), by + rb * (v - by) / db.clamp(min=1e-6)
+    on_b = torch.sqrt((pb_x - ax) ** 2 + (pb_y - ay) ** 2) <= ra
+    dist_b = torch.where(on_b, (db - rb).abs(), dh)
+    dist = torch.minimum(dist_a, dist_b)
+    return torch.where(inside, -dist, dist)
 
 
 def _sd_arrow(u: Tensor, v: Tensor) -> Tensor:
-    shaft = _box(u + 0.38, v, 0.52, 0.17)
-    # head: triangle with tip (0.95, 0) and base at u = 0.05, |v| <= 0.6
-    tip, base, half = 0.95, 0.05, 0.6
-    ln = math.hypot(tip - base, half)
-    n1 = (half / ln, (tip - base) / ln)
-    e1 = (u - tip) * n1[0] + v * n1[1]
-    e2 = (u - tip) * n1[0] - v * n1[1]
-    e3 = base - u
-    head = torch.maximum(torch.maximum(e1, e2), e3)
-    return torch.minimum(shaft, head)
+    return _polygon(u, v, _ARROW)
 
 
 _SDF: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
