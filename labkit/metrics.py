@@ -198,13 +198,22 @@ def mean_accuracy(pred: Tensor, true: Tensor, num_classes: int, *, ignore_index:
     return segmentation_scores(confusion_matrix(pred, true, num_classes, ignore_index=ignore_index))["mean_accuracy"]
 
 
-def mean_iou(pred: Tensor, true: Tensor, num_classes: int, *, ignore_index: int | None = None) -> float:
-    """Multi-class mean intersection over union (Long et al. 2015's mean IU) over the pixels given.
+def mean_iou(pred: Tensor, true: Tensor, num_classes: int | None = None, *,
+             ignore_index: int | None = None) -> float:
+    """Mean intersection over union.
 
-    Computed from the confusion matrix of all pixels together (not averaged per image); classes
-    absent from both prediction and truth are left out. For binary masks per image see :func:`iou`.
-    Used in lab 08.
+    With ``num_classes``: Long et al. 2015's multi-class mean IU over all the pixels given
+    (from their confusion matrix, not averaged per image; classes absent from both prediction
+    and truth are left out). Used in lab 08. Without it, ``pred`` and ``true`` must be boolean
+    masks ``[B, H, W]`` and the result is the mean over images of the binary :func:`iou` (two
+    empty masks count 1). Used in lab 02.
     """
+    if num_classes is None:
+        if not (isinstance(pred, Tensor) and isinstance(true, Tensor)
+                and pred.dtype == torch.bool and true.dtype == torch.bool):
+            raise ValueError("mean_iou needs num_classes=K for class maps or scores; without it pred and true "
+                             "must be boolean masks (binary IoU averaged over images)")
+        return iou(pred, true, reduction="mean")
     return segmentation_scores(confusion_matrix(pred, true, num_classes, ignore_index=ignore_index))["mean_iou"]
 
 

@@ -82,6 +82,9 @@ def test_iou_per_sample_and_empty_masks():
     out = M.iou(p, t)
     assert out.tolist() == pytest.approx([1 / 3, 0.0, 1.0])
     assert M.iou(p, t, reduction="mean") == pytest.approx((1 / 3 + 1) / 3)
+    assert M.mean_iou(p, t) == pytest.approx((1 / 3 + 1) / 3)         # boolean masks: binary, per image
+    with pytest.raises(ValueError, match="num_classes"):
+        M.mean_iou(p.long(), t.long())
     assert M.iou(p, t, empty=0.0)[2] == 0.0
     with pytest.raises(TypeError, match="threshold"):
         M.iou(p.float(), t)
