@@ -15,7 +15,8 @@ import torch
 from matplotlib.figure import Figure
 
 __all__ = ["to_numpy_image", "show_images", "show_heatmaps", "overlay", "plot_history", "plot_curves",
-           "plot_embedding", "plot_bars", "plot_filters", "normalize_map", "close_figure", "plot_matrix"]
+           "plot_embedding", "plot_bars", "plot_filters", "normalize_map", "close_figure", "plot_matrix",
+           "show_mosaic"]
 
 
 def to_numpy_image(img: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -249,5 +250,47 @@ def plot_matrix(matrix: torch.Tensor | np.ndarray, *, row_labels: Sequence[str] 
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_mosaic(images: torch.Tensor, *, nrow: int, row_titles: Sequence[str] | None = None, title: str = "",
+                scale: float = 0.6, pad: int = 1) -> Figure:
+    """Images ``[N, C, H, W]`` in ``[0, 1]`` tiled ``nrow`` per row into ONE picture (grey gaps), titled per row.
+
+    Much faster to draw than one subplot per image, and the figure keeps the mosaic's aspect
+    (``scale`` inches per image). Rows of samples, interpolations, reconstructions (labs 07, 10).
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty [N, C, H, W] tensor, got {shape}")
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"nrow must be a positive int (images per row), got {nrow!r}")
+    n, c, h, w = images.shape
+    if c not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got {c}")
+    rows = -(-n // nrow)
+    if row_titles is not None and len(row_titles) != rows:
+        raise ValueError(f"row_titles has {len(row_titles)} entries for {rows} rows")
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 0.5, dtype=np.float32)
+    pics = images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        canvas[y:y + h, x:x + w] = pics[i]
+    label_width = 1.5 if row_titles is not None else 0.0
+    fig, ax = plt.subplots(figsize=(scale * nrow + label_width, scale * rows + (0.4 if title else 0.1)))
+    ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    if row_titles is not None:
+        ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(rows)], labels=[str(t) for t in row_titles],
+                      fontsize=8)
+        ax.tick_params(axis="y", length=0)
+    else:
+        ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

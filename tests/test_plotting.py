@@ -204,3 +204,23 @@ def test_close_figure() -> None:
     assert plt.fignum_exists(fig.number)
     P.close_figure(fig)
     assert not plt.fignum_exists(fig.number)
+
+
+def test_show_mosaic_tiles_one_image_with_row_titles() -> None:
+    images = torch.zeros(5, 1, 4, 4)
+    images[3] = 1.0  # row 1, column 1 with nrow=2
+    fig = P.show_mosaic(images, nrow=2, row_titles=["a", "b", "c"], title="t", pad=1)
+    assert _n_images(fig) == 1
+    canvas = fig.axes[0].images[0].get_array()
+    assert canvas.shape == (3 * 5 + 1, 2 * 5 + 1)
+    assert canvas[6:10, 6:10].min() == 1.0 and canvas[1:5, 1:5].max() == 0.0  # the white tile, a black one
+    assert canvas[0, 0] == 0.5 and canvas[11:15, 6:10].min() == 0.5  # grey gaps and the empty last cell
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a", "b", "c"]
+    rgb = P.show_mosaic(torch.rand(3, 3, 4, 4), nrow=3)
+    assert rgb.axes[0].images[0].get_array().shape == (6, 16, 3)
+    with pytest.raises(ValueError, match="row_titles"):
+        P.show_mosaic(images, nrow=2, row_titles=["a"])
+    with pytest.raises(ValueError, match="nrow"):
+        P.show_mosaic(images, nrow=0)
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        P.show_mosaic(torch.rand(4, 4), nrow=2)
