@@ -57,9 +57,11 @@ def setups(quick: bool) -> list[dict]:
     small = lk.get_model("small_cnn").eval()
     return [
         dict(name="ResNet-18", model=resnet, x=torch.rand(16, 3, 224, 224, generator=g), classes=1000,
-             layer="layer4", window=32, stride=16, ig_steps=8, sg_samples=8, occ_batch=4 if quick else 16),
+             layer="layer4", window=32, stride=16, ig_steps=8, sg_samples=8, occ_batch=4 if quick else 16,
+             repeats=dict(cheap=5, heavy=1, occ1=3, occn=1) if quick else dict(cheap=7, heavy=3, occ1=3, occn=1)),
         dict(name="small_cnn", model=small, x=torch.rand(256, 3, 32, 32, generator=g), classes=10,
-             layer="features.7", window=8, stride=4, ig_steps=32, sg_samples=25, occ_batch=256),
+             layer="features.7", window=8, stride=4, ig_steps=32, sg_samples=25, occ_batch=256,
+             repeats=dict(cheap=15, heavy=3, occ1=15, occn=1) if quick else dict(cheap=21, heavy=5, occ1=21, occn=3)),
     ]  # fmt: skip
 
 
@@ -77,7 +79,8 @@ def run_group(entries: dict[str, Callable[[], object]], repeats: int, warmup: bo
     return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
 
 
-def bench_setup(s: dict, repeats: int, heavy_repeats: int, log: Callable[[str], None]) -> list[dict]:
+def bench_setup(s: dict, log: Callable[[str], None]) -> list[dict]:
+    reps = s["repeats"]
     model, x, layer = s["model"], s["x"], s["layer"]
     b = len(x)
     t = torch.randint(0, s["classes"], (b,), generator=torch.Generator().manual_seed(1))
@@ -141,7 +144,7 @@ def bench_setup(s: dict, repeats: int, heavy_repeats: int, log: Callable[[str], 
         },
     }
     for group, entries in cheap.items():
-        record(group, run_group(entries, repeats, warmup=True), b)
+        record(group, run_group(entries, reps["cheap"], warmup=True), b)
 
     steps, samples = s["ig_steps"], s["sg_samples"]
     sigma = 0.15 * float((x.flatten(1).amax(1) - x.flatten(1).amin(1)).mean())
@@ -161,7 +164,7 @@ def bench_setup(s: dict, repeats: int, heavy_repeats: int, log: Callable[[str], 
         },
     }  # fmt: skip
     for group, entries in heavy.items():
-        record(group, run_group(entries, heavy_repeats, warmup=False), b)
+        record(group, run_group(entries, reps["heavy"], warmup=False), b)
 
     win, st = s["window"], s["stride"]
 
@@ -182,8 +185,8 @@ def bench_setup(s: dict, repeats: int, heavy_repeats: int, log: Callable[[str], 
         }
 
     n = s["occ_batch"]
-    record(f"occlusion {win}/{st}, 1 image", run_group(occ_entries(x[:1], t[:1]), heavy_repeats, warmup=False), 1)
-    record(f"occlusion {win}/{st}, {n} images", run_group(occ_entries(x[:n], t[:n]), 1, warmup=False), n)
+    record(f"occlusion {win}/{st}, 1 image", run_group(occ_entries(x[:1], t[:1]), reps["occ1"], warmup=False), 1)
+    record(f"occlusion {win}/{st}, {n} images", run_group(occ_entries(x[:n], t[:n]), reps["occn"], warmup=False), n)
     return rows
 
 
@@ -221,14 +224,11 @@ def goals(name: str, rows: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="batch occlusion on 4 ResNet images, 3 repeats")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per cheap method (default 5, quick 3)")
+    ap.add_argument("--quick", action="store_true", help="batch occlusion on 4 ResNet images, fewer repeats")
     ap.add_argument("--only", default=None, help="run one setup: ResNet-18 or small_cnn")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    repeats = args.repeats or (3 if args.quick else 5)
-    heavy_repeats = 1 if args.quick else 3
     command = "python bench/explainers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     started = datetime.datetime.now().astimezone()
     load0 = os.getloadavg()
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in setups(args.quick):
         if args.only and s["name"] != args.only:
             continue
-        rows = bench_setup(s, repeats, heavy_repeats, lambda line: print(line, flush=True))
+        rows = bench_setup(s, lambda line: print(line, flush=True))
         floor = next(r["sec"] for r in rows if r["group"] == "floor" and r["lib"] == "forward + backward")
         for r in rows:
             ratio = f"{r['sec'] / floor:.2f}" if not r["group"].startswith("occlusion") else "-"
@@ -249,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         described.append(
             f"- {s['name']}: batch {len(s['x'])} at {s['x'].shape[-1]}x{s['x'].shape[-1]}, Grad-CAM layer "
             f"`{s['layer']}`, IG {s['ig_steps']} steps, SmoothGrad {s['sg_samples']} samples, occlusion window "
-            f"{s['window']} stride {s['stride']} on 1 image and on {s['occ_batch']} images"
+            f"{s['window']} stride {s['stride']} on 1 image and on {s['occ_batch']} images; timed runs (median): "
+            f"{s['repeats']['cheap']} for the single-pass methods (after one warm-up), {s['repeats']['heavy']} for IG "
+            f"and SmoothGrad, {s['repeats']['occ1']} for single-image and {s['repeats']['occn']} for batch occlusion"
         )
     load1 = os.getloadavg()
     ended = datetime.datetime.now().astimezone()
@@ -269,9 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{load1[0]:.1f} at the end), torch {torch.__version__} with 2 threads, "
             f"captum {__import__('captum').__version__}, pytorch-grad-cam "
             f"{getattr(__import__('pytorch_grad_cam'), '__version__', '1.5.x')}.  ",
-            f"Median of {repeats} timed runs after one warm-up for the single-pass methods, of {heavy_repeats} "
-            "for IG, SmoothGrad and single-image occlusion, one run for batch occlusion; the libraries "
-            "alternate inside each repeat. Floor = one forward + one backward (input and weight gradients). "
+            "Medians of several timed runs (counts below); the libraries alternate inside each repeat. "
+            "Floor = one forward + one backward (input and weight gradients). "
             "CPU s = process CPU time (both threads), less sensitive to the other jobs than the wall clock.",
             "",
             *described,
