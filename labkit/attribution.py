@@ -11,8 +11,9 @@ Reference implementations, kept short so that students can read them:
 Conventions shared by every function here:
 
 - ``target`` is ``None`` (the predicted class), an ``int``, a 1-D tensor of per-image classes,
-  or (gradient methods) a callable ``f(output) -> [B]`` scores acting row by row, e.g. a region
-  of a dense output. The score is the pre-softmax output (see :func:`resolve_target`).
+  or a callable ``f(output) -> [B]`` scores acting row by row, e.g. a region of a dense output
+  (occlusion then maps that score instead of the probability). The score is the pre-softmax
+  output (see :func:`resolve_target`).
 - The model is evaluated in eval mode with its parameters frozen inside the call (so only
   input gradients are computed); its mode, ``requires_grad`` flags and hooks are restored on
   exit, also when the call raises. ``images`` is never modified. Results are detached tensors
@@ -184,9 +185,10 @@ def _row_targets(output: Tensor, target: Target, fn: str) -> Target:
 
 def _input_grad(model: nn.Module, x: Tensor, target: Target, fn: str, rule: str | None = None) -> Tensor:
     """d(sum of selected scores)/d(input): one forward and one input-only backward."""
-    x = x.detach().clone().requires_grad_(True)
+    with torch.inference_mode(False):
+        x = x.detach().clone().requires_grad_(True)
     rules = relu_rule(model, rule) if rule is not None else contextlib.nullcontext()
-    with torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # also works when called under no_grad
         with rules:  # the rules are recorded in the graph by the forward pass
             output = model(x)
         scores = resolve_target(output, target, batch=x.shape[0], fn=fn)
@@ -399,8 +401,9 @@ def grad_cam(
     if mode not in _UPSAMPLE_MODES:
         raise ValueError(f"{fn}: mode must be one of {_UPSAMPLE_MODES}, got {mode!r}")
     key = _layer_key(model, layer)
-    with _explaining(model), capture(model, key, require_grad=True) as cap, torch.enable_grad():
-        output = model(images.detach())
+    with _explaining(model), capture(model, key, require_grad=True) as cap, torch.inference_mode(False), \
+            torch.enable_grad():  # fmt: skip
+        output = model(images.detach().clone())
         if key not in cap.activations:
             raise ValueError(f"{fn}: layer {key!r} was not called in the forward pass; pick another layer")
         acts = cap.activations[key]

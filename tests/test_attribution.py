@@ -115,6 +115,11 @@ def test_gradients_work_under_no_grad_and_in_float32() -> None:
     with torch.no_grad():
         sal = lk.saliency(model, x, 1)
     assert sal.shape == (3, 8, 8) and sal.dtype == torch.float32 and sal.abs().sum() > 0
+    with torch.inference_mode():
+        x_inf = x.clone()
+        torch.testing.assert_close(lk.saliency(model, x_inf, 1), sal)
+        assert lk.grad_cam(model, x_inf, "4", 1).abs().sum() > 0
+        assert lk.guided_backprop(model, x_inf, 1).abs().sum() > 0
 
 
 def test_integrated_gradients_completeness() -> None:
