@@ -1,0 +1,442 @@
+"""Unsupervised domain adaptation with DANN (Ganin & Lempitsky 2015; Ganin et al. 2016). Lab 09.
+
+- :func:`lambda_schedule` and :func:`lr_schedule`: the paper's schedules of the adaptation
+  factor, ``2 / (1 + exp(-gamma p)) - 1``, and of the learning rate, ``mu0 / (1 + alpha p)^beta``,
+  with ``p`` the training progress from 0 to 1.
+- :func:`train_dann`: one training loop for every variant of the lab: ``"dann"`` (GRL with the
+  lambda schedule), ``"fixed"`` (GRL with a constant lambda), ``"no_grl"`` (the domain loss
+  minimized by the features too) and ``"source_only"`` (the features never see the domain loss).
+- :func:`domain_accuracy`, :func:`pseudo_label` and :func:`self_train` (the pseudo-labelling
+  extension: confident target predictions used as labels).
+
+The gradient reversal layer (:func:`grad_reverse`) and the network (:class:`DANN`, also
+``lk.get_model("dann")``) live in ``labkit/models/dann.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .device import autocast, get_device, to_device
+from .models.dann import DANN, GradientReversal, GradientReversalFunction, grad_reverse
+from .reproducibility import make_generator
+from .training import progress_mode
+
+__all__ = ["MODES", "lambda_schedule", "lr_schedule", "DANNHistory", "train_dann", "domain_accuracy",
+           "pseudo_label", "self_train", "grad_reverse", "GradientReversal", "GradientReversalFunction", "DANN"]
+
+MODES = ("dann", "fixed", "no_grl", "source_only")
+
+
+# --------------------------------------------------------------------------- schedules
+def _check_progress(p: object) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"p must be a number (training progress in [0, 1]), got {type(p).__name__} ({p!r})")
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"p is the training progress and must be in [0, 1], got {p}")
+    return float(p)
+
+
+def _check_positive(name: str, value: object, *, zero_ok: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{name} must be {'non-negative' if zero_ok else 'positive'}, got {value}")
+    return float(value)
+
+
+def lambda_schedule(p: float, *, gamma: float = 10.0) -> float:
+    """Adaptation factor ``2 / (1 + exp(-gamma * p)) - 1``: 0 at ``p = 0``, close to 1 at the end.
+
+    Ganin & Lempitsky (2015), section 5 (gamma = 10): the domain classifier's noisy early signal
+    is suppressed while the features are still random. Used in lab 09.
+    """
+    p = _check_progress(p)
+    gamma = _check_positive("gamma", gamma)
+    return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
+
+
+def lr_schedule(p: float, *, lr0: float = 0.01, alpha: float = 10.0, beta: float = 0.75) -> float:
+    """Annealed learning rate ``lr0 / (1 + alpha * p) ** beta`` (Ganin & Lempitsky 2015, section 5).
+
+    With the paper's ``alpha = 10``, ``beta = 0.75`` the rate falls to about 0.17 ``lr0`` at the end.
+    Used in lab 09.
+    """
+    p = _check_progress(p)
+    lr0 = _check_positive("lr0", lr0)
+    alpha = _check_positive("alpha", alpha, zero_ok=True)
+    beta = _check_positive("beta", beta, zero_ok=True)
+    return lr0 / (1.0 + alpha * p) ** beta
+
+
+# --------------------------------------------------------------------------- history
+@dataclass
+class DANNHistory:
+    """Per-epoch curves of one :func:`train_dann` run (accuracies on the validation sets given).
+
+    ``domain_acc`` is the domain classifier's balanced accuracy on the held-out source and target
+    images (0.5 = the domains are indistinguishable to it); ``train_domain_acc`` the same on the
+    training batches. ``coeff`` is the GRL factor at the end of each epoch (negative = no reversal).
+    """
+
+    mode: str = "dann"
+    source_acc: list[float] = field(default_factory=list)
+    target_acc: list[float] = field(default_factory=list)
+    domain_acc: list[float] = field(default_factory=list)
+    label_loss: list[float] = field(default_factory=list)
+    domain_loss: list[float] = field(default_factory=list)
+    train_domain_acc: list[float] = field(default_factory=list)
+    coeff: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.label_loss)
+
+    def last(self, key: str = "target_acc") -> float:
+        """The final value of a curve (``ValueError`` when it was not measured)."""
+        values = getattr(self, key, None)
+        if not isinstance(values, list):
+            raise ValueError(f"DANNHistory has no curve {key!r}; curves: "
+                             f"{', '.join(k for k, v in asdict(self).items() if isinstance(v, list))}")
+        if not values:
+            raise ValueError(f"DANNHistory has no {key} values (was the matching validation set given?)")
+        return values[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- data helpers
+def _as_xy(data: Any, name: str, *, labels: bool) -> tuple[Tensor, Tensor | None]:
+    """Images (and labels) from an ImageSet, an ``(images, labels)`` pair or an images tensor."""
+    if hasattr(data, "images") and hasattr(data, "labels"):
+        x, y = data.images, data.labels
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+    elif isinstance(data, Tensor):
+        x, y = data, None
+    else:
+        raise TypeError(f"{name} must be an ImageSet, an (images, labels) pair of tensors or an images tensor, "
+                        f"got {type(data).__name__}")
+    if x.dim() != 4 or len(x) == 0:
+        raise ValueError(f"{name}: images must be a non-empty [N, C, H, W] tensor, got shape {tuple(x.shape)}")
+    if labels:
+        if y is None:
+            raise ValueError(f"{name} needs labels: pass an ImageSet or an (images, labels) pair")
+        if y.shape != (len(x),) or y.dtype != torch.long:
+            raise ValueError(f"{name}: labels must be an int64 tensor of shape ({len(x)},), got "
+                             f"{y.dtype} {tuple(y.shape)}")
+    return x, y
+
+
+def _check_dann_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module) or not all(
+            hasattr(model, a) for a in ("features", "classifier", "domain_classifier")):
+        raise TypeError("model must be a DANN-like nn.Module with .features, .classifier and .domain_classifier "
+                        f"(e.g. lk.get_model('dann')), got {type(model).__name__}")
+    return model
+
+
+def _check_int(name: str, value: object, *, low: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+class _Batches:
+    """Endless mini-batches of row indices: a fresh seeded permutation for every pass."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.gen = n, batch_size, generator
+        self.perm, self.pos = torch.randperm(n, generator=generator), 0
+
+    def next(self) -> Tensor:
+        if self.pos + self.batch_size > self.n:
+            if self.batch_size >= self.n:  # a tiny data set: one (smaller) batch of everything
+                return torch.randperm(self.n, generator=self.gen)
+            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+
+@torch.no_grad()
+def _features(model: nn.Module, x: Tensor, device: torch.device, batch_size: int) -> Tensor:
+    outs = []
+    for i in range(0, len(x), batch_size):
+        with autocast(device):
+            outs.append(model.features(to_device(x[i:i + batch_size], device)).float())
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def _label_accuracy(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch_size: int) -> float:
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        with autocast(device):
+            out = model(to_device(x[i:i + batch_size], device))
+        correct += int((out.argmax(1).cpu() == y[i:i + batch_size]).sum())
+    return correct / len(x)
+
+
+def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return get_device(device) if isinstance(device, str) else device
+    for t in model.parameters():
+        return t.device
+    return get_device("auto")
+
+
+def domain_accuracy(model: nn.Module, source: Any, target: Any, *, device: torch.device | str | None = None,
+                    batch_size: int = 256) -> float:
+    """Balanced accuracy of the model's domain classifier: mean of its source and target accuracies.
+
+    Source images should get a negative domain logit, target images a positive one; 0.5 means the
+    domain classifier cannot tell the domains apart (Ganin & Lempitsky 2015). The model's mode is
+    restored. Used in lab 09.
+    """
+    model = _check_dann_model(model)
+    xs, _ = _as_xy(source, "source", labels=False)
+    xt, _ = _as_xy(target, "target", labels=False)
+    batch_size = _check_int("batch_size", batch_size, low=1)
+    device = _resolve_device(model, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ds = model.domain_classifier(_features(model, xs, device, batch_size)).squeeze(1)
+            dt = model.domain_classifier(_features(model, xt, device, batch_size)).squeeze(1)
+    finally:
+        model.train(was_training)
+    return 0.5 * (float((ds < 0).float().mean()) + float((dt > 0).float().mean()))
+
+
+# --------------------------------------------------------------------------- training
+def _coeff(mode: str, p: float, lambda_max: float, gamma: float) -> float:
+    if mode == "dann":
+        return lambda_max * lambda_schedule(p, gamma=gamma)
+    if mode == "fixed":
+        return lambda_max
+    if mode == "no_grl":
+        return -lambda_max * lambda_schedule(p, gamma=gamma)
+    return 0.0
+
+
+def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str = "dann", epochs: int = 10,
+               steps_per_epoch: int | None = None, batch_size: int = 64, lr: float = 0.01,
+               optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 0.0,
+               schedule_lr: bool = True, lambda_max: float = 1.0, gamma: float = 10.0,
+               source_val: Any = None, target_val: Any = None, device: torch.device | str | None = None,
+               seed: int = 0, desc: str = "") -> DANNHistory:
+    """Train a DANN on labelled ``source`` and unlabelled ``target`` images; returns a :class:`DANNHistory`.
+
+    Each step takes ``batch_size`` source and ``batch_size`` target images; the loss is the label
+    cross-entropy on the source half plus the domain cross-entropy (source 0, target 1) of the
+    domain classifier, which sees the features through a GRL with factor ``coeff``:
+
+    - ``mode="dann"``: ``coeff = lambda_max * lambda_schedule(p, gamma=gamma)`` (the paper);
+    - ``"fixed"``: ``coeff = lambda_max`` from the first step (a constant reversal);
+    - ``"no_grl"``: ``coeff = -lambda_max * lambda_schedule(p)``: no reversal, the features help the
+      domain classifier (the domain loss is minimized by every part);
+    - ``"source_only"``: the label loss only reaches the features; the domain classifier is still
+      trained on detached features (to measure how separable the domains are), or skipped when
+      ``target`` is None. This is also the *train-on-target* bound when ``source`` is the
+      labelled target set.
+
+    ``p`` runs from 0 to 1 over ``epochs * steps_per_epoch`` steps (default: one pass over the
+    source per epoch). With ``schedule_lr`` the rate follows :func:`lr_schedule` from ``lr``.
+    The labels of ``target`` are never used; ``source_val`` / ``target_val`` (labelled) are
+    evaluated after every epoch. The model is moved to ``device`` (default: where it is) and ends
+    in eval mode. Ganin & Lempitsky (2015); used in lab 09.
+    """
+    model = _check_dann_model(model)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    xs, ys = _as_xy(source, "source", labels=True)
+    xt = None
+    if target is not None:
+        xt, _ = _as_xy(target, "target", labels=False)
+        if xt.shape[1:] != xs.shape[1:]:
+            raise ValueError(f"source images {tuple(xs.shape[1:])} and target images {tuple(xt.shape[1:])} must have "
+                             "the same [C, H, W] (e.g. glyph_digits(..., channels=3) for an RGB target)")
+    elif mode != "source_only":
+        raise ValueError(f"mode={mode!r} needs unlabelled target images; pass target=..., or use mode='source_only'")
+    epochs = _check_int("epochs", epochs, low=0)
+    batch_size = _check_int("batch_size", batch_size, low=1)
+    steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, low=1, allow_none=True)
+    lr = _check_positive("lr", lr)
+    lambda_max = _check_positive("lambda_max", lambda_max, zero_ok=True)
+    gamma = _check_positive("gamma", gamma)
+    weight_decay = _check_positive("weight_decay", weight_decay, zero_ok=True)
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' (the paper's, with momentum) or 'adam', got {optimizer!r}")
+    sv = _as_xy(source_val, "source_val", labels=True) if source_val is not None else None
+    tv = _as_xy(target_val, "target_val", labels=True) if target_val is not None else None
+    device = _resolve_device(model, device)
+    steps_per_epoch = steps_per_epoch or max(1, len(xs) // batch_size)
+    total = max(1, epochs * steps_per_epoch)
+
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (all requires_grad=False)")
+    opt = (torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay) if optimizer == "sgd"
+           else torch.optim.Adam(params, lr=lr, weight_decay=weight_decay))
+    # Separate generators: the source batches do not depend on whether a target set is given.
+    src_batches = _Batches(len(xs), batch_size, make_generator(seed))
+    tgt_batches = _Batches(len(xt), batch_size, make_generator((seed + 1) % 2**32)) if xt is not None else None
+    history = DANNHistory(mode=mode)
+    show = progress_mode()
+    bar = None
+    if show == "bar" and epochs > 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc=desc or f"DANN ({mode})", unit="epoch", leave=True)
+    step = 0
+    try:
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            model.train()
+            sums = {"label": 0.0, "domain": 0.0, "dcorrect": 0, "dcount": 0}
+            coeff, rate = 0.0, lr
+            for _ in range(steps_per_epoch):
+                p = step / total
+                rate = lr_schedule(p, lr0=lr) if schedule_lr else lr
+                for group in opt.param_groups:
+                    group["lr"] = rate
+                coeff = _coeff(mode, p, lambda_max, gamma)
+                i = src_batches.next()
+                x_s, y_s = to_device((xs[i], ys[i]), device)
+                x_t = to_device(xt[tgt_batches.next()], device) if tgt_batches is not None else None
+                with autocast(device):
+                    if mode == "source_only":
+                        f_s = model.features(x_s)
+                        label_loss = F.cross_entropy(model.classifier(f_s).float(), y_s)
+                        if x_t is not None:
+                            with torch.no_grad():
+                                f_t = model.features(x_t)
+                            d_logits = model.domain_classifier(torch.cat([f_s.detach(), f_t])).squeeze(1)
+                    else:
+                        f = model.features(torch.cat([x_s, x_t]))
+                        label_loss = F.cross_entropy(model.classifier(f[: len(x_s)]).float(), y_s)
+                        d_logits = model.domain_classifier(grad_reverse(f, coeff)).squeeze(1)
+                    loss = label_loss
+                    if x_t is not None:
+                        d_true = torch.cat([torch.zeros(len(x_s), device=device), torch.ones(len(x_t), device=device)])
+                        domain_loss = F.binary_cross_entropy_with_logits(d_logits.float(), d_true)
+                        loss = loss + domain_loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                sums["label"] += float(label_loss.detach())
+                if x_t is not None:
+                    sums["domain"] += float(domain_loss.detach())
+                    sums["dcorrect"] += int(((d_logits.detach() > 0).float() == d_true).sum())
+                    sums["dcount"] += len(d_true)
+            history.label_loss.append(sums["label"] / steps_per_epoch)
+            if xt is not None:
+                history.domain_loss.append(sums["domain"] / steps_per_epoch)
+                history.train_domain_acc.append(sums["dcorrect"] / sums["dcount"])
+            history.coeff.append(coeff)
+            history.lr.append(rate)
+            history.steps.append(step)
+            model.eval()
+            if sv is not None:
+                history.source_acc.append(_label_accuracy(model, sv[0], sv[1], device, 256))
+            if tv is not None:
+                history.target_acc.append(_label_accuracy(model, tv[0], tv[1], device, 256))
+            if sv is not None and tv is not None and xt is not None:
+                history.domain_acc.append(domain_accuracy(model, sv[0], tv[0], device=device))
+            history.seconds.append(time.perf_counter() - t0)
+            parts = [f"label loss {history.label_loss[-1]:.3f}"]
+            for key, short in (("source_acc", "source"), ("target_acc", "target"), ("domain_acc", "domain")):
+                if getattr(history, key):
+                    parts.append(f"{short} acc {getattr(history, key)[-1]:.3f}")
+            line = "  ".join(parts)
+            if bar is not None:
+                bar.set_postfix_str(line)
+                bar.update(1)
+            elif show == "plain":
+                print(f"{desc or mode}: epoch {epoch + 1}/{epochs}  {line}", flush=True)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.eval()
+    return history
+
+
+# --------------------------------------------------------------------------- pseudo-labelling
+def pseudo_label(model: nn.Module, images: Any, *, threshold: float = 0.9, device: torch.device | str | None = None,
+                 batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+    """Predicted labels, their softmax confidence, and the mask of confident ones (``>= threshold``).
+
+    The selection step of self-training (pseudo-labelling, Lee 2013): the model's confident
+    predictions on unlabelled target images become training labels. Returns CPU tensors
+    ``(labels [N] int64, confidence [N], keep [N] bool)``; the model's mode is restored. Lab 09.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    x, _ = _as_xy(images, "images", labels=False)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+    batch_size = _check_int("batch_size", batch_size, low=1)
+    device = _resolve_device(model, device)
+    was_training = model.training
+    model.eval()
+    probs = []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                with autocast(device):
+                    out = model(to_device(x[i:i + batch_size], device))
+                probs.append(out.float().softmax(1).cpu())
+    finally:
+        model.train(was_training)
+    confidence, labels = torch.cat(probs).max(1)
+    return labels, confidence, confidence >= threshold
+
+
+def self_train(model: nn.Module, source: Any, target: Any, *, rounds: int = 1, threshold: float = 0.9,
+               mode: str = "source_only", target_val: Any = None, **train_kwargs: Any) -> list[dict[str, float]]:
+    """Self-training: label the confident ``target`` images with the model, retrain on source + them.
+
+    Each round calls :func:`pseudo_label` on the target images, then :func:`train_dann` (``mode``,
+    ``train_kwargs``) with the union of the labelled source and the pseudo-labelled target as the
+    labelled set (the target images stay the unlabelled domain). Returns one dict per round:
+    ``selected`` (share of target images kept), ``pseudo_label_acc`` (their precision, when
+    ``target`` carries labels; for analysis only, never used for training) and ``target_acc``
+    (on ``target_val`` when given). Extension of lab 09.
+    """
+    rounds = _check_int("rounds", rounds, low=1)
+    xs, ys = _as_xy(source, "source", labels=True)
+    xt, yt = _as_xy(target, "target", labels=False)
+    if xt.shape[1:] != xs.shape[1:]:
+        raise ValueError(f"source images {tuple(xs.shape[1:])} and target images {tuple(xt.shape[1:])} differ in shape")
+    if "source_val" not in train_kwargs:
+        train_kwargs["source_val"] = None
+    seed = train_kwargs.pop("seed", 0)
+    stats = []
+    for r in range(rounds):
+        labels, confidence, keep = pseudo_label(model, xt, threshold=threshold, device=train_kwargs.get("device"))
+        row: dict[str, float] = {"round": r + 1, "selected": float(keep.float().mean()), "threshold": float(threshold)}
+        if yt is not None and bool(keep.any()):
+            row["pseudo_label_acc"] = float((labels[keep] == yt[keep]).float().mean())
+        train = (torch.cat([xs, xt[keep]]), torch.cat([ys, labels[keep]]))
+        hist = train_dann(model, train, xt, mode=mode, target_val=target_val, seed=seed + r + 1, **train_kwargs)
+        if hist.target_acc:
+            row["target_acc"] = hist.target_acc[-1]
+        stats.append(row)
+    return stats
