@@ -1,0 +1,211 @@
+"""Course recipes: small building blocks that several labs repeat.
+
+- :func:`train_shapes_classifier`: the course's recipe for a small CNN on ``lk.shapes``
+  (batch norm, Adam, cosine schedule; seeded initialization that leaves the global RNG alone).
+- :func:`with_normalization`: an ImageNet model that takes ``[0, 1]`` pixels, so that input
+  gradients (saliency, adversarial perturbations) are expressed in pixel units.
+- :func:`centered_gaussian_maps`: the "centre prior" baseline map of weak segmentation.
+- :func:`cascading_randomization`: the maps behind Adebayo et al. 2018's cascading
+  randomization test, stage by stage (the figure that goes with ``lk.randomization_test``).
+
+Used in lab 02 (saliency) and meant for labs 03-06.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["train_shapes_classifier", "Normalize", "with_normalization", "centered_gaussian_maps",
+           "cascading_randomization"]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------- training
+def train_shapes_classifier(train: Any, val: Any = None, *, epochs: int, lr: float = 2e-3, batch_size: int = 32,
+                            seed: int = 0, device: torch.device | str | None = None, desc: str = "",
+                            batch_norm: bool = True, global_pool: bool = True, widths: Sequence[int] = (16, 32, 64),
+                            **fit_options: Any) -> tuple[nn.Module, Any]:
+    """Build and train ``small_cnn`` on an ``ImageSet`` (e.g. ``lk.shapes``); returns ``(model, history)``.
+
+    The recipe: three conv blocks with batch norm (without it the network can sit at chance for
+    several epochs on mixed shapes), a global average pool (so the head does not depend on the
+    input size), Adam with a cosine learning-rate schedule (Loshchilov & Hutter 2017), batch
+    size 32. Initialization and training run under ``torch.manual_seed(seed)`` inside a forked
+    CPU RNG, so the same call gives the same model whatever ran before, and the caller's global
+    CPU RNG is not advanced. ``fit_options`` go to ``lk.fit`` (e.g. ``weight_decay``, ``augment``,
+    ``on_epoch_end``). Used in lab 02; meant for lab 06.
+    """
+    from .models import get_model
+    from .training import fit
+
+    for name, data in (("train", train), ("val", val)):
+        if data is None and name == "val":
+            continue
+        if not (hasattr(data, "images") and hasattr(data, "classes") and hasattr(data, "labels")):
+            raise TypeError(f"{name} must be an lk.ImageSet (e.g. lk.shapes(...)), got {type(data).__name__}")
+    if train.images.ndim != 4:
+        raise ValueError(f"train.images must be [N, C, H, W], got shape {tuple(train.images.shape)}")
+    if val is not None and tuple(val.images.shape[1:]) != tuple(train.images.shape[1:]):
+        raise ValueError(f"val images are {tuple(val.images.shape[1:])} but train images are "
+                         f"{tuple(train.images.shape[1:])}; draw both with the same size")
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if "scheduler" not in fit_options:
+        fit_options["scheduler"] = "cosine"
+    _, c, h, w = train.images.shape
+    if h != w:
+        raise ValueError(f"small_cnn expects square images, got {h}x{w}; draw square images (size=...)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_model("small_cnn", in_channels=c, num_classes=train.num_classes, widths=tuple(widths),
+                          batch_norm=batch_norm, global_pool=global_pool, input_size=h)
+        history = fit(model, train, val, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                      desc=desc, **fit_options)
+    return model, history
+
+
+# --------------------------------------------------------------------------- normalization
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, as a layer (buffers, so it follows ``.to(device)``)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean_t.numel() != std_t.numel() or mean_t.numel() == 0:
+            raise ValueError(f"mean and std must have one value per channel, got {mean_t.numel()} and {std_t.numel()}")
+        if bool((std_t <= 0).any()):
+            raise ValueError(f"std must be positive, got {std_t.tolist()}")
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"Normalize expects [B, {self.mean.shape[1]}, H, W], got {tuple(x.shape)}")
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def with_normalization(model: nn.Module, *, mean: Sequence[float] | None = None,
+                       std: Sequence[float] | None = None) -> nn.Sequential:
+    """``nn.Sequential(Normalize(mean, std), model)``: a model that takes ``[0, 1]`` pixels.
+
+    Defaults to ImageNet's statistics (torchvision's models). Gradients with respect to the
+    input are then per *pixel* (not per normalized value), which is what a saliency map or an
+    adversarial perturbation should be measured in. The model is wrapped, not copied: its
+    parameters are shared and its state is not changed (the wrapper is in the model's mode, on
+    its device). Its layers are named ``"1.<name>"`` in the wrapper. Used in lab 02; meant for
+    labs 03-06.
+    """
+    from .datasets import IMAGENET_MEAN, IMAGENET_STD
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    norm = Normalize(IMAGENET_MEAN if mean is None else mean, IMAGENET_STD if std is None else std)
+    ref = next(model.parameters(), None)
+    if ref is not None:
+        norm = norm.to(ref.device)
+    wrapped = nn.Sequential(norm, model)
+    wrapped.training = model.training  # do not call .train()/.eval(): that would change the model's mode
+    norm.training = model.training
+    return wrapped
+
+
+# --------------------------------------------------------------------------- saliency baselines
+def centered_gaussian_maps(n: int, size: int | tuple[int, int], *, sigma: float | None = None) -> Tensor:
+    """``n`` copies of a centred isotropic Gaussian ``[n, H, W]`` (peak 1 at the image centre).
+
+    The "centre prior" baseline of weak segmentation: thresholding it keeps a centred disc, so
+    a method must beat it to show that it *locates* objects. ``sigma`` defaults to a quarter of
+    the smaller side (with a top-fraction threshold only the ranking matters, so any sigma
+    gives the same disc). Used in lab 02.
+    """
+    if not _is_int(n) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if _is_int(size):
+        h = w = size
+    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_int(s) for s in size):
+        h, w = size
+    else:
+        raise TypeError(f"size must be an int or a pair (height, width) of ints, got {size!r}")
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    if sigma is None:
+        sigma = min(h, w) / 4
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma must be a positive number (pixels), got {sigma!r}")
+    y = torch.arange(h, dtype=torch.float32) - (h - 1) / 2
+    x = torch.arange(w, dtype=torch.float32) - (w - 1) / 2
+    g = torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * float(sigma) ** 2))
+    return g.expand(n, h, w).clone()
+
+
+# --------------------------------------------------------------------------- sanity checks
+def _leaf_layers_with_parameters(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules()
+            if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+
+
+def cascading_randomization(model: nn.Module, explainer: Callable[..., Tensor], images: Tensor, *,
+                            target: int | Tensor | None = None, layers: Sequence[str] | None = None,
+                            seed: int = 0) -> dict[str, Tensor]:
+    """The maps of Adebayo et al. 2018's cascading randomization, stage by stage.
+
+    Returns ``{"original": maps, layer: maps, ...}``: the explainer's maps for the intact model,
+    then after re-initializing the layers one after the other from the top (output) down,
+    cumulatively. It follows ``lk.randomization_test`` exactly (a deep copy of the model, the
+    same layer order, ``reset_parameters`` under ``torch.manual_seed(seed + i)`` for the i-th
+    layer, the target fixed to the intact model's predicted class when ``None``), so the rank
+    correlations of these maps with the original ones are that function's numbers. The caller's
+    model is never touched. Used in lab 02 (the figure of maps per stage).
+    """
+    from .hooks import get_layer, preserve_state
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(explainer):
+        raise TypeError(f"explainer must be a callable explainer(model, images, target=...), got {explainer!r}")
+    if not isinstance(images, Tensor) or images.ndim < 2:
+        raise TypeError("images must be a batch tensor [B, ...]")
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    work = copy.deepcopy(model)
+    order = [n for n, _ in work.named_modules()]
+    if layers is None:
+        chosen = _leaf_layers_with_parameters(work)
+    else:
+        if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+            raise TypeError(f"layers must be a list of layer names, got {layers!r}")
+        for name in layers:
+            get_layer(work, name)  # ValueError listing the valid names
+        chosen = sorted(set(layers), key=order.index)
+    if not chosen:
+        raise ValueError("the model has no layer with parameters to randomize; pass layers=[...]")
+    with preserve_state(work), torch.no_grad():
+        work.eval()
+        out = work(images)
+    if target is None:
+        target = out.argmax(1)
+    device = next(work.parameters()).device
+    maps = {"original": explainer(work, images, target=target).detach()}
+    for i, name in enumerate(reversed(chosen)):
+        resettable = [m for m in get_layer(work, name).modules() if hasattr(m, "reset_parameters")]
+        if not resettable:
+            raise ValueError(f"layer {name!r} has no reset_parameters(); choose layers made of standard modules")
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed + i)
+            for m in resettable:
+                m.reset_parameters()
+        maps[name] = explainer(work, images, target=target).detach()
+    return maps
