@@ -84,6 +84,7 @@ class DANNHistory:
     ``domain_acc`` is the domain classifier's balanced accuracy on the held-out source and target
     images (0.5 = the domains are indistinguishable to it); ``train_domain_acc`` the same on the
     training batches. ``coeff`` is the GRL factor at the end of each epoch (negative = no reversal).
+    ``diverged_step`` is the step whose loss was not finite (training stopped there), else None.
     """
 
     mode: str = "dann"
@@ -97,6 +98,7 @@ class DANNHistory:
     lr: list[float] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    diverged_step: int | None = None
 
     @property
     def epochs(self) -> int:
@@ -310,8 +312,10 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
             t0 = time.perf_counter()
             model.train()
             sums = {"label": 0.0, "domain": 0.0, "dcorrect": 0, "dcount": 0}
-            coeff, rate = 0.0, lr
+            coeff, rate, done = 0.0, lr, 0
             for _ in range(steps_per_epoch):
+                if history.diverged_step is not None:
+                    break  # diverged: keep the last finite weights, evaluate them every epoch
                 p = step / total
                 rate = lr_schedule(p, lr0=lr) if schedule_lr else lr
                 for group in opt.param_groups:
@@ -337,19 +341,25 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
                         d_true = torch.cat([torch.zeros(len(x_s), device=device), torch.ones(len(x_t), device=device)])
                         domain_loss = F.binary_cross_entropy_with_logits(d_logits.float(), d_true)
                         loss = loss + domain_loss
+                if not torch.isfinite(loss.detach()):
+                    history.diverged_step = step
+                    print(f"{desc or mode}: the loss became {float(loss.detach()):.3g} at step {step}: training diverged "
+                          "and stops here (the weights of the previous step are kept)", flush=True)
+                    break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 step += 1
+                done += 1
                 sums["label"] += float(label_loss.detach())
                 if x_t is not None:
                     sums["domain"] += float(domain_loss.detach())
                     sums["dcorrect"] += int(((d_logits.detach() > 0).float() == d_true).sum())
                     sums["dcount"] += len(d_true)
-            history.label_loss.append(sums["label"] / steps_per_epoch)
+            history.label_loss.append(sums["label"] / done if done else float("nan"))
             if xt is not None:
-                history.domain_loss.append(sums["domain"] / steps_per_epoch)
-                history.train_domain_acc.append(sums["dcorrect"] / sums["dcount"])
+                history.domain_loss.append(sums["domain"] / done if done else float("nan"))
+                history.train_domain_acc.append(sums["dcorrect"] / sums["dcount"] if done else float("nan"))
             history.coeff.append(coeff)
             history.lr.append(rate)
             history.steps.append(step)

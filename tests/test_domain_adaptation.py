@@ -308,3 +308,17 @@ def test_self_train_reports_each_round(toy):
             assert 0.0 <= r["pseudo_label_acc"] <= 1.0
     with pytest.raises(ValueError, match="rounds"):
         lk.self_train(model, toy["src"], toy["tgt"], rounds=0)
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_weights(capsys):
+    src = _toy(16, shift=False, seed=8)
+    bad = lk.ImageSet(src.images.clone(), src.labels, src.classes)
+    bad.images[3] = float("nan")  # every full batch holds it: the first loss is NaN
+    model = _tiny_model(9)
+    before = [p.detach().clone() for p in model.parameters()]
+    h = lk.train_dann(model, bad, _toy(16, shift=True, seed=9), mode="fixed", epochs=2, steps_per_epoch=3,
+                      batch_size=16, source_val=src)
+    assert h.diverged_step == 0 and h.steps == [0, 0]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert len(h.source_acc) == 2 and math.isnan(h.label_loss[0])
+    assert "diverged" in capsys.readouterr().out
