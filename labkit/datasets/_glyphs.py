@@ -42,6 +42,7 @@ DOMAINS = ("plain", "photo")
 _RES = 96           # base fields: [-1.5, 1.5]^2 glyph units on a _RES x _RES grid
 _UNIT = 32          # grid pixels per glyph height
 _RENDER = 64        # first render of a sample: [-1, 1]^2 glyph units
+_COARSE = 16        # grid of the smooth deformation, upsampled to the render
 _CHUNK = 1024
 # Relative weights of the base glyph styles (per digit, summed over the fonts).
 _W_OUTLINE = 0.15   # the font's outline, bolder or thinner
@@ -290,8 +291,7 @@ def _bank() -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.
 def _smooth_field(rng: np.random.Generator, n: int, channels: int, grid: int, size: int) -> Tensor:
     """Smooth random fields ``[n, channels, size, size]`` with unit-variance grid values."""
     lo = torch.from_numpy(rng.standard_normal((n, channels, grid, grid)).astype(np.float32))
-    mid = F.interpolate(lo, size=(16, 16), mode="bicubic", align_corners=True)
-    return F.interpolate(mid, size=(size, size), mode="bilinear", align_corners=True)
+    return F.interpolate(lo, size=(size, size), mode="bicubic", align_corners=True)
 
 
 def _frame(ink: Tensor, out_size: int) -> Tensor:
@@ -338,7 +338,9 @@ def _render(rng: np.random.Generator, base: np.ndarray, out_size: int) -> Tensor
     alpha2 = rng.uniform(0.0, 0.045, m)              # small wobbles
 
     t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))[:, None, None]  # noqa: E731
-    g = (torch.arange(_RENDER, dtype=torch.float32) + 0.5) / _RENDER * 2 - 1
+    # the deformation is smooth: compute it on a coarse grid spanning the render's pixel centres,
+    # then upsample it once (exact for the affine part)
+    g = torch.linspace(-1 + 1 / _RENDER, 1 - 1 / _RENDER, _COARSE)
     gx, gy = g[None, None, :], g[None, :, None]
     # inverse of q = R(theta) S(shear) diag(sx, 1) p:  p = diag(1/sx, 1) S^-1 R^-1 q  (linear in q)
     # zoom out where the deformed glyph would leave the render ([-1, 1] glyph units)
@@ -349,8 +351,8 @@ def _render(rng: np.random.Generator, base: np.ndarray, out_size: int) -> Tensor
     c, s, sh, isx = np.cos(theta) * zoom, np.sin(theta) * zoom, shear, 1.0 / sx
     a00, a01 = (c - sh * s) * isx, (s + sh * c) * isx
     a10, a11 = -s, c
-    disp = (_smooth_field(rng, m, 2, 3, _RENDER) * t(alpha1)[:, None]
-            + _smooth_field(rng, m, 2, 6, _RENDER) * t(alpha2)[:, None])
+    disp = (_smooth_field(rng, m, 2, 3, _COARSE) * t(alpha1)[:, None]
+            + _smooth_field(rng, m, 2, 6, _COARSE) * t(alpha2)[:, None])
     rx = t(a00) * gx + t(a01) * gy
     ry = t(a10) * gx + t(a11) * gy
     # taper and bulge (ends of the glyph, y = +-0.5, stay in place)
@@ -360,8 +362,11 @@ def _render(rng: np.random.Generator, base: np.ndarray, out_size: int) -> Tensor
     k = 2 * _UNIT / _RES
     disp[:, 0] += px
     disp[:, 1] += py
-    grid = disp.mul_(k).permute(0, 2, 3, 1)
-    rpen = t(radius) * (1 + t(vary) * _smooth_field(rng, m, 1, 3, _RENDER)[:, 0].clamp(-1.5, 1.5))
+    pen = 1 + t(vary) * _smooth_field(rng, m, 1, 3, _COARSE)[:, 0].clamp(-1.5, 1.5)
+    coarse = torch.cat([disp.mul_(k), pen[:, None]], 1)
+    fine = F.interpolate(coarse, size=(_RENDER, _RENDER), mode="bilinear", align_corners=True)
+    grid = fine[:, :2].permute(0, 2, 3, 1)
+    rpen = t(radius) * fine[:, 2]
     rpen = torch.where(t(outline) > 0, rpen, rpen.clamp(min=0.045))
     field = fields[torch.from_numpy(base)][:, None]
     dist = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
