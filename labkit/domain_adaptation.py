@@ -207,7 +207,7 @@ def domain_accuracy(model: nn.Module, source: Any, target: Any, *, device: torch
 
     Source images should get a negative domain logit, target images a positive one; 0.5 means the
     domain classifier cannot tell the domains apart (Ganin & Lempitsky 2015). The model's mode is
-    restored. Used in lab 09.
+    restored; NaN when the network produces non-finite logits. Used in lab 09.
     """
     model = _check_dann_model(model)
     xs, _ = _as_xy(source, "source", labels=False)
@@ -222,6 +222,8 @@ def domain_accuracy(model: nn.Module, source: Any, target: Any, *, device: torch
             dt = model.domain_classifier(_features(model, xt, device, batch_size)).squeeze(1)
     finally:
         model.train(was_training)
+    if not (torch.isfinite(ds).all() and torch.isfinite(dt).all()):
+        return float("nan")  # a diverged network: no meaningful domain prediction
     return 0.5 * (float((ds < 0).float().mean()) + float((dt > 0).float().mean()))
 
 
