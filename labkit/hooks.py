@@ -189,28 +189,32 @@ def capture(
 _RULES = ("gradient", "guided", "deconvnet")
 
 
-class _RuleReLU(torch.autograd.Function):
-    """relu(x) forward; backward by the chosen rule (Springenberg et al. 2015, Fig. 1).
+class _PositiveGrad(torch.autograd.Function):
+    """Identity forward; backward keeps only positive gradients: g_in = relu(g_out).
 
-    gradient:  g_in = g_out * [x > 0]
-    guided:    g_in = g_out * [x > 0] * [g_out > 0]
-    deconvnet: g_in = g_out * [g_out > 0]          (the forward mask is ignored)
+    Placed after a ReLU, whose own backward then applies the forward mask [x > 0], it gives
+    guided backpropagation: g_in = relu(g_out) * [x > 0] (Springenberg et al. 2015, Fig. 1).
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, rule: str) -> Tensor:
-        ctx.rule = rule
-        if rule != "deconvnet":
-            ctx.mask = x > 0
+    def forward(ctx: Any, out: Tensor) -> Tensor:
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.clamp(min=0)
+
+
+class _DeconvReLU(torch.autograd.Function):
+    """relu(x) forward; deconvnet backward g_in = relu(g_out), the forward mask ignored."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
         return x.clamp(min=0)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        if ctx.rule == "gradient":
-            return grad * ctx.mask, None
-        if ctx.rule == "guided":
-            return grad.clamp(min=0) * ctx.mask, None
-        return grad.clamp(min=0), None
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.clamp(min=0)
 
 
 _FUNCTIONAL_RELUS = {
@@ -246,11 +250,13 @@ def relu_rule(model: nn.Module, rule: str) -> Iterator[None]:
     """Inside the block, every ``nn.ReLU`` of ``model`` back-propagates with ``rule``.
 
     ``rule`` is ``"gradient"`` (the true gradient), ``"guided"`` (guided backpropagation) or
-    ``"deconvnet"`` (Springenberg et al. 2015; Zeiler & Fergus 2014). A forward hook replaces
-    each ReLU's output by a custom autograd function of the ReLU *input*, so a ReLU module
-    applied several times per forward pass (torchvision's ResNet blocks) gets the rule at
-    every call. In-place ReLUs (VGG) are switched to out-of-place for the block (an in-place
-    ReLU overwrites its input, whose graph would still apply the forward mask) and switched
+    ``"deconvnet"`` (Springenberg et al. 2015; Zeiler & Fergus 2014). A forward hook on each
+    ReLU acts at every call, so a ReLU module applied several times per forward pass
+    (torchvision's ResNet blocks) gets the rule each time. Guided: the output passes through an
+    identity whose backward keeps positive gradients, then the ReLU's own backward applies the
+    forward mask. Deconvnet: the output is replaced by a custom function of the ReLU *input*
+    that ignores the mask. In-place ReLUs (VGG) are switched to out-of-place for the block (an
+    in-place ReLU overwrites its input, whose graph would still apply the mask) and switched
     back on exit. A relu called functionally (``F.relu``) by the model's forward inside the block
     raises ``RuntimeError`` instead of giving a silently wrong map (code outside the model's
     forward may use relu); a model without any ``nn.ReLU`` raises ``ValueError``. The rules live
@@ -272,9 +278,13 @@ def relu_rule(model: nn.Module, rule: str) -> Iterator[None]:
     def pre_hook(module: nn.Module, args: tuple) -> None:
         guard.inside += 1
 
-    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
         guard.inside -= 1
-        return _RuleReLU.apply(args[0], rule)
+        if rule == "guided":  # relu's own backward masks, then keep the positive part
+            return _PositiveGrad.apply(output)
+        if rule == "deconvnet":  # a function of the input, bypassing relu's mask
+            return _DeconvReLU.apply(args[0])
+        return None  # "gradient": the true gradient
 
     def enter_model(module: nn.Module, args: tuple) -> None:
         guard.in_model += 1
@@ -288,7 +298,7 @@ def relu_rule(model: nn.Module, rule: str) -> Iterator[None]:
         handles.append(model.register_forward_pre_hook(enter_model))
         handles.append(model.register_forward_hook(leave_model))
         for m in relus:
-            m.inplace = False
+            m.inplace = False  # deconvnet needs the input intact; out-of-place is also safer on leaves
             handles.append(m.register_forward_pre_hook(pre_hook))
             handles.append(m.register_forward_hook(hook))
         with guard:
