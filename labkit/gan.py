@@ -1,0 +1,546 @@
+"""Generative adversarial networks (Goodfellow et al. 2014): losses, training, sampling, scores. Lab 10.
+
+- :func:`discriminator_loss` and :func:`generator_loss` (``"non_saturating"``, the
+  ``-log D(G(z))`` the GAN paper recommends in practice, or ``"saturating"``, the
+  ``log(1 - D(G(z)))`` of the min-max game), both from the discriminator's logits;
+- :func:`train_gan`: alternating Adam updates of D and G (conditional when the models have
+  ``num_classes > 0``, Mirza & Osindero 2014), returning a :class:`GANHistory` with per-step
+  losses, ``D(x)``, ``D(G(z))``, the gradient norm reaching G, samples of a fixed noise batch
+  after every epoch and an optional score per epoch (e.g. the FID);
+- :func:`sample_gan`: images from a trained generator (seeded noise, chosen labels);
+- :func:`frechet_distance` (and :func:`gaussian_frechet_distance`, :func:`feature_statistics`):
+  the Frechet distance between Gaussians fitted to two sets of features, the FID of Heusel et al.
+  (2017) when the features come from a fixed network; :func:`classifier_fid` computes it in the
+  feature space of a digit classifier (``lk.extract_features``);
+- :func:`class_histogram` and :func:`class_coverage`: which classes a classifier sees among
+  generated samples (mode-collapse diagnosis).
+
+The models (``lk.get_model("dcgan_generator" | "dcgan_discriminator", num_classes=K)``) live at the
+end of ``labkit/models/generative.py``; the generator maps ``(z, y)`` to images in [0, 1], the
+discriminator maps ``(x, y)`` to one logit per image.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .device import get_device, to_device
+from .embeddings import extract_features
+from .hooks import preserve_state
+from .training import predict, progress_mode
+
+__all__ = ["GAN_LOSSES", "GANHistory", "discriminator_loss", "generator_loss", "train_gan", "sample_gan",
+           "feature_statistics", "gaussian_frechet_distance", "frechet_distance", "classifier_fid",
+           "class_histogram", "class_coverage"]
+
+GAN_LOSSES = ("non_saturating", "saturating")
+
+
+# --------------------------------------------------------------------------- validation
+def _int(value: object, name: str, fn: str, *, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{fn}: {name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def _positive(value: object, name: str, fn: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{fn}: {name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _logits(x: object, name: str, fn: str) -> Tensor:
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{fn}: {name} must be a float tensor of discriminator logits, got {got}")
+    if x.numel() == 0:
+        raise ValueError(f"{fn}: {name} is empty")
+    return x
+
+
+def _loss_kind(kind: object, fn: str) -> str:
+    if kind not in GAN_LOSSES:
+        raise ValueError(f"{fn}: loss must be one of {GAN_LOSSES}, got {kind!r}")
+    return str(kind)
+
+
+def _num_classes(model: nn.Module) -> int:
+    return int(getattr(model, "num_classes", 0) or 0)
+
+
+def _check_generator(model: object, fn: str) -> nn.Module:
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "latent_dim", None), int):
+        raise TypeError(f"{fn}: generator must be an nn.Module with a latent_dim attribute "
+                        f"(e.g. lk.get_model('dcgan_generator')), got {type(model).__name__}")
+    return model
+
+
+def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return get_device(device) if isinstance(device, str) else device
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def _xy(data: Any, fn: str, *, need_labels: bool) -> tuple[Tensor, Tensor | None]:
+    """Images (and labels) from an ImageSet, an ``(images, labels)`` pair or an images tensor."""
+    if hasattr(data, "images") and hasattr(data, "labels"):
+        x, y = data.images, data.labels
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+    elif isinstance(data, Tensor):
+        x, y = data, None
+    else:
+        raise TypeError(f"{fn}: data must be an ImageSet, an (images, labels) pair or an images tensor, "
+                        f"got {type(data).__name__}")
+    if not isinstance(x, Tensor) or x.dim() != 4 or len(x) == 0 or not x.is_floating_point():
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{fn}: images must be a non-empty float [N, C, H, W] tensor in [0, 1], got {got}")
+    if need_labels and y is None:
+        raise ValueError(f"{fn}: the models are conditional: give labels (an ImageSet or an (images, labels) pair)")
+    if y is not None and (not isinstance(y, Tensor) or y.shape != (len(x),) or y.dtype != torch.long):
+        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"{fn}: labels must be an int64 tensor of shape ({len(x)},), got {got}")
+    return x, (y if need_labels else None)
+
+
+# --------------------------------------------------------------------------- losses
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """``-[log D(x) + log(1 - D(G(z)))]`` averaged over each batch, from D's logits (``D = sigmoid``).
+
+    The discriminator's side of the value function of Goodfellow et al. (2014, eq. 1), written
+    as two binary cross-entropies (real images labelled 1, generated ones 0); computed with
+    ``softplus`` so that confident logits do not overflow. Lab 10.
+    """
+    fn = "discriminator_loss"
+    real_logits = _logits(real_logits, "real_logits", fn)
+    fake_logits = _logits(fake_logits, "fake_logits", fn)
+    # -log sigmoid(l) = softplus(-l);  -log(1 - sigmoid(l)) = softplus(l)
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def generator_loss(fake_logits: Tensor, *, loss: str = "non_saturating") -> Tensor:
+    """The generator's loss from D's logits on generated images, to be *minimized*.
+
+    - ``"saturating"``: ``mean log(1 - D(G(z)))``, the generator's side of the min-max game
+      (Goodfellow et al. 2014, eq. 1). Its gradient with respect to the logit is ``-D(G(z))``:
+      it vanishes when D confidently rejects the fakes, i.e. early in training;
+    - ``"non_saturating"``: ``-mean log D(G(z))`` (section 3 of the paper): same fixed point,
+      gradient ``-(1 - D(G(z)))``, strong exactly when the fakes are poor.
+
+    Lab 10 compares them.
+    """
+    fn = "generator_loss"
+    fake_logits = _logits(fake_logits, "fake_logits", fn)
+    loss = _loss_kind(loss, fn)
+    if loss == "saturating":
+        return -F.softplus(fake_logits).mean()  # log(1 - sigmoid(l)) = -softplus(l)
+    return F.softplus(-fake_logits).mean()
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class GANHistory:
+    """What :func:`train_gan` saw.
+
+    Per optimizer step: ``d_loss``, ``g_loss``, ``d_real`` (mean ``D(x)`` on the real batch),
+    ``d_fake`` (mean ``D(G(z))`` on the generated batch, before D's update) and ``g_grad_norm``
+    (the L2 norm of the gradient of G's loss with respect to G's parameters). Per epoch:
+    ``epoch_steps`` (the step count at each epoch's end), ``seconds``; ``scores`` holds
+    ``score_fn(generator)`` before training and after every epoch (``epochs + 1`` values when a
+    score function was given) and ``snapshots`` the images generated from ``fixed_noise`` (and
+    ``fixed_labels``) at the same moments (``[n_fixed, C, H, W]`` each, on the CPU).
+    """
+
+    d_loss: list[float] = field(default_factory=list)
+    g_loss: list[float] = field(default_factory=list)
+    d_real: list[float] = field(default_factory=list)
+    d_fake: list[float] = field(default_factory=list)
+    g_grad_norm: list[float] = field(default_factory=list)
+    epoch_steps: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    snapshots: list[Tensor] = field(default_factory=list, repr=False)
+    fixed_noise: Tensor | None = field(default=None, repr=False)
+    fixed_labels: Tensor | None = field(default=None, repr=False)
+    loss: str = "non_saturating"
+
+    @property
+    def steps(self) -> int:
+        return len(self.d_loss)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.epoch_steps)
+
+    def epoch_means(self, key: str) -> list[float]:
+        """Mean of a per-step series (``"d_loss"``, ``"g_loss"``, ``"d_real"``, ...) over each epoch."""
+        if key not in ("d_loss", "g_loss", "d_real", "d_fake", "g_grad_norm"):
+            raise ValueError(f"key must name a per-step series (d_loss, g_loss, d_real, d_fake, g_grad_norm), "
+                             f"got {key!r}")
+        values, out, start = getattr(self, key), [], 0
+        for end in self.epoch_steps:
+            chunk = values[start:end]
+            out.append(sum(chunk) / len(chunk) if chunk else float("nan"))
+            start = end
+        return out
+
+    def smoothed(self, key: str, window: int = 20) -> list[float]:
+        """A per-step series averaged over a trailing window of ``window`` steps (for curves)."""
+        if key not in ("d_loss", "g_loss", "d_real", "d_fake", "g_grad_norm"):
+            raise ValueError(f"key must name a per-step series (d_loss, g_loss, d_real, d_fake, g_grad_norm), "
+                             f"got {key!r}")
+        window = _int(window, "window", "GANHistory.smoothed")
+        values, out, total = getattr(self, key), [], 0.0
+        for i, v in enumerate(values):
+            total += v - (values[i - window] if i >= window else 0.0)
+            out.append(total / min(i + 1, window))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The curves as plain lists (for ``lk.record``); the snapshots and the noise are left out."""
+        return {k: list(getattr(self, k)) for k in ("d_loss", "g_loss", "d_real", "d_fake", "g_grad_norm",
+                                                    "epoch_steps", "seconds", "scores")} | {"loss": self.loss}
+
+
+@torch.no_grad()
+def _snapshot(generator: nn.Module, z: Tensor, y: Tensor | None) -> Tensor:
+    with preserve_state(generator):
+        generator.eval()
+        return generator(z, y).float().cpu() if y is not None else generator(z).float().cpu()
+
+
+def _grad_norm(params: Sequence[Tensor]) -> float:
+    sq = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]
+    return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+
+
+def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epochs: int, batch_size: int = 64,
+              lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
+              loss: str = "non_saturating", n_fixed: int = 64, score_fn: Callable[[nn.Module], float] | None = None,
+              device: torch.device | str | None = None, seed: int = 0, desc: str = "") -> GANHistory:
+    """Train a GAN by alternating one discriminator step and one generator step per mini-batch.
+
+    D step: minimize :func:`discriminator_loss` on a real batch and on ``G(z).detach()``; G step:
+    minimize :func:`generator_loss` (``loss``: ``"non_saturating"`` or ``"saturating"``) on D's
+    logits for the same fakes. Adam with ``lr_d`` / ``lr_g`` and ``betas`` (Radford et al. 2016:
+    2e-4, (0.5, 0.999)). When both models have ``num_classes = K > 0`` the GAN is *conditional*
+    (Mirza & Osindero 2014): real images come with their labels, fakes with the labels of the
+    real batch, and both networks receive them. ``data``: an ImageSet, an ``(images, labels)``
+    pair or an images tensor, images in [0, 1]; the last incomplete batch of an epoch is dropped.
+    Noise and shuffling come from generators seeded by ``seed`` (reproducible on one device and
+    thread count). ``score_fn(generator) -> float`` is called before training and after each
+    epoch (``history.scores``; the generator is put in eval mode around the call). ``device=None``:
+    the best device ("auto"). Both models end in eval mode. Returns a :class:`GANHistory`. Lab 10.
+    """
+    fn = "train_gan"
+    generator = _check_generator(generator, fn)
+    if not isinstance(discriminator, nn.Module):
+        raise TypeError(f"{fn}: discriminator must be an nn.Module (e.g. lk.get_model('dcgan_discriminator')), "
+                        f"got {type(discriminator).__name__}")
+    epochs = _int(epochs, "epochs", fn, low=0)
+    batch_size = _int(batch_size, "batch_size", fn, low=2)
+    lr_g = _positive(lr_g, "lr_g", fn)
+    lr_d = _positive(lr_d, "lr_d", fn)
+    if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"{fn}: betas must be two numbers in [0, 1), e.g. (0.5, 0.999), got {betas!r}")
+    loss = _loss_kind(loss, fn)
+    n_fixed = _int(n_fixed, "n_fixed", fn)
+    if score_fn is not None and not callable(score_fn):
+        raise TypeError(f"{fn}: score_fn must be a function generator -> float, got {type(score_fn).__name__}")
+    k_g, k_d = _num_classes(generator), _num_classes(discriminator)
+    if k_g != k_d:
+        raise ValueError(f"{fn}: the generator has num_classes={k_g} but the discriminator {k_d}; "
+                         "build both conditional (same K) or both unconditional (0)")
+    cond = k_g > 0
+    xs, ys = _xy(data, fn, need_labels=cond)
+    if ys is not None and bool(((ys < 0) | (ys >= k_g)).any()):
+        raise ValueError(f"{fn}: the labels must lie in 0..{k_g - 1} (the models' num_classes)")
+    n = len(xs)
+    if n < batch_size:
+        raise ValueError(f"{fn}: {n} images are fewer than batch_size={batch_size}; lower batch_size")
+    device = get_device(device or "auto") if device is None or isinstance(device, str) else device
+    generator.to(device)
+    discriminator.to(device)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=tuple(betas))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=tuple(betas))
+    g_params = [p for p in generator.parameters() if p.requires_grad]
+    g_cpu = _generator(seed, torch.device("cpu"))
+    g_dev = _generator(seed + 1, device)
+    history = GANHistory(loss=loss)
+    history.fixed_noise = torch.randn(n_fixed, generator.latent_dim, generator=_generator(seed + 2, torch.device("cpu")))
+    history.fixed_labels = torch.arange(n_fixed) % k_g if cond else None
+    z_fixed = history.fixed_noise.to(device)
+    y_fixed = history.fixed_labels.to(device) if cond else None
+
+    def observe() -> None:
+        history.snapshots.append(_snapshot(generator, z_fixed, y_fixed))
+        if score_fn is not None:
+            with preserve_state(generator):
+                generator.eval()
+                history.scores.append(float(score_fn(generator)))
+
+    mode = progress_mode()
+    bar = None
+    if mode == "bar" and epochs > 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc=desc or "GAN", unit="epoch", leave=True)
+    try:
+        observe()
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            generator.train()
+            discriminator.train()
+            perm = torch.randperm(n, generator=g_cpu)
+            for start in range(0, n - batch_size + 1, batch_size):
+                idx = perm[start:start + batch_size]
+                x = to_device(xs[idx], device)
+                y = to_device(ys[idx], device) if cond else None
+                z = torch.randn(len(idx), generator.latent_dim, generator=g_dev, device=device)
+                fake = generator(z, y) if cond else generator(z)
+                # discriminator step
+                real_logits = discriminator(x, y) if cond else discriminator(x)
+                fake_logits = discriminator(fake.detach(), y) if cond else discriminator(fake.detach())
+                d_loss = discriminator_loss(real_logits, fake_logits)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+                # generator step, against the updated discriminator
+                logits = discriminator(fake, y) if cond else discriminator(fake)
+                g_loss = generator_loss(logits, loss=loss)
+                opt_g.zero_grad(set_to_none=True)
+                g_loss.backward()
+                history.g_grad_norm.append(_grad_norm(g_params))
+                opt_g.step()
+                history.d_loss.append(float(d_loss.detach()))
+                history.g_loss.append(float(g_loss.detach()))
+                history.d_real.append(float(torch.sigmoid(real_logits.detach()).mean()))
+                history.d_fake.append(float(torch.sigmoid(fake_logits.detach()).mean()))
+            history.epoch_steps.append(history.steps)
+            observe()
+            history.seconds.append(time.perf_counter() - t0)
+            s = history.epoch_steps[-2] if epoch else 0
+            line = (f"D loss {sum(history.d_loss[s:]) / max(1, history.steps - s):.3f}  "
+                    f"G loss {sum(history.g_loss[s:]) / max(1, history.steps - s):.3f}  "
+                    f"D(x) {sum(history.d_real[s:]) / max(1, history.steps - s):.2f}  "
+                    f"D(G(z)) {sum(history.d_fake[s:]) / max(1, history.steps - s):.2f}")
+            if score_fn is not None:
+                line += f"  score {history.scores[-1]:.2f}"
+            if bar is not None:
+                bar.set_postfix_str(line)
+                bar.update(1)
+            elif mode == "plain":
+                print(f"{desc + ': ' if desc else ''}epoch {epoch + 1}/{epochs}  {line}", flush=True)
+    finally:
+        if bar is not None:
+            bar.close()
+        generator.eval()
+        discriminator.eval()
+    return history
+
+
+@torch.no_grad()
+def sample_gan(generator: nn.Module, n: int | None = None, *, z: Tensor | None = None,
+               labels: int | Sequence[int] | Tensor | None = None, seed: int = 0, batch_size: int = 500,
+               device: torch.device | str | None = None) -> Tensor:
+    """``n`` images from ``generator`` in eval mode, ``[n, C, H, W]`` in [0, 1] on the CPU.
+
+    The noise is ``z`` when given (``[n, latent_dim]``), else ``N(0, I)`` drawn from ``seed``
+    (the same seed gives the same images). A conditional generator needs ``labels``: one int for
+    all samples, or one label per sample. The generator's mode is restored. Lab 10.
+    """
+    fn = "sample_gan"
+    generator = _check_generator(generator, fn)
+    batch_size = _int(batch_size, "batch_size", fn)
+    if z is not None:
+        if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != generator.latent_dim:
+            got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise ValueError(f"{fn}: z must be a [n, {generator.latent_dim}] noise tensor, got {got}")
+        if n is not None and n != len(z):
+            raise ValueError(f"{fn}: n={n} but z has {len(z)} rows; give one of them")
+        n = len(z)
+    n = _int(n, "n", fn)
+    if z is None:
+        z = torch.randn(n, generator.latent_dim, generator=_generator(seed, torch.device("cpu")))
+    k = _num_classes(generator)
+    y: Tensor | None = None
+    if k > 0:
+        if labels is None:
+            raise ValueError(f"{fn}: the generator is conditional (num_classes={k}): pass labels (an int or one per sample)")
+        if isinstance(labels, int) and not isinstance(labels, bool):
+            y = torch.full((n,), labels, dtype=torch.long)
+        else:
+            y = torch.as_tensor(labels, dtype=torch.long).flatten()
+        if len(y) != n or bool(((y < 0) | (y >= k)).any()):
+            raise ValueError(f"{fn}: labels must be one int or {n} ints in 0..{k - 1}")
+    elif labels is not None:
+        raise ValueError(f"{fn}: labels were given to an unconditional generator (num_classes=0); drop them")
+    device = _model_device(generator, device)
+    out = []
+    with preserve_state(generator):
+        generator.eval()
+        for start in range(0, n, batch_size):
+            zb = z[start:start + batch_size].to(device)
+            if y is not None:
+                out.append(generator(zb, y[start:start + batch_size].to(device)).float().cpu())
+            else:
+                out.append(generator(zb).float().cpu())
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- Frechet distance
+def _features(x: object, name: str, fn: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        try:
+            import numpy as np
+
+            if isinstance(x, np.ndarray):
+                x = torch.from_numpy(x)
+        except ImportError:  # pragma: no cover
+            pass
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{fn}: {name} must be a tensor of features [N, D], got {type(x).__name__}")
+    if x.dim() != 2 or len(x) < 2:
+        raise ValueError(f"{fn}: {name} must be [N, D] with N >= 2 samples (one row each), got shape {tuple(x.shape)}")
+    x = x.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{fn}: {name} holds NaN or infinite values")
+    return x
+
+
+def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean ``[D]`` and covariance ``[D, D]`` (unbiased, N - 1) of ``features [N, D]``, in float64. Lab 10."""
+    f = _features(features, "features", "feature_statistics")
+    mu = f.mean(0)
+    centred = f - mu
+    return mu, centred.T @ centred / (len(f) - 1)
+
+
+def _sqrt_psd(m: Tensor) -> Tensor:
+    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def gaussian_frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> float:
+    """Squared Frechet (2-Wasserstein) distance between ``N(mu1, cov1)`` and ``N(mu2, cov2)``:
+
+    ``|mu1 - mu2|^2 + tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2))`` (Dowson & Landau 1982; the FID of
+    Heusel et al. 2017). The trace of the matrix square root is computed as the sum of the square
+    roots of the eigenvalues of ``cov1^(1/2) cov2 cov1^(1/2)`` (symmetric, positive semi-definite),
+    which stays real and stable for the singular covariances of small samples. Lab 10.
+    """
+    fn = "gaussian_frechet_distance"
+    tensors = []
+    for name, t in (("mu1", mu1), ("cov1", cov1), ("mu2", mu2), ("cov2", cov2)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{fn}: {name} must be a tensor, got {type(t).__name__}")
+        tensors.append(t.detach().to("cpu", torch.float64))
+    mu1, cov1, mu2, cov2 = tensors
+    d = mu1.numel()
+    if mu1.shape != (d,) or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
+        raise ValueError(f"{fn}: expected means [D] and covariances [D, D] of one D, got {tuple(mu1.shape)}, "
+                         f"{tuple(cov1.shape)}, {tuple(mu2.shape)}, {tuple(cov2.shape)}")
+    root1 = _sqrt_psd(cov1)
+    middle = root1 @ cov2 @ root1
+    tr_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    value = (mu1 - mu2).pow(2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * tr_sqrt
+    return max(float(value), 0.0)
+
+
+def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets ``[N_a, D]`` and ``[N_b, D]``.
+
+    With the features of a fixed network this is the FID of Heusel et al. (2017): 0 for identical
+    sets, growing when the means move apart or the spreads differ. It is biased upwards for small
+    samples, so compare values computed with the same sample sizes (lab 10 reports a real-vs-real
+    baseline). Lab 10.
+    """
+    fn = "frechet_distance"
+    a = _features(feats_a, "feats_a", fn)
+    b = _features(feats_b, "feats_b", fn)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{fn}: feats_a has {a.shape[1]} features per row but feats_b has {b.shape[1]}; "
+                         "extract both at the same layer")
+    return gaussian_frechet_distance(*feature_statistics(a), *feature_statistics(b))
+
+
+def classifier_fid(classifier: nn.Module, images_a: Tensor, images_b: Tensor, *, layer: str,
+                   batch_size: int = 500) -> float:
+    """FID between two image sets in the feature space of ``classifier`` at ``layer``.
+
+    Heusel et al. (2017) use Inception-v3's pool features on ImageNet-like images; for 28x28
+    digits a small classifier trained on the real digits plays that role (e.g. ``layer=
+    "classifier.2"``, the penultimate ReLU of ``lk.get_model("digit_cnn")``). Features come from
+    ``lk.extract_features`` (eval mode, restored). Lab 10.
+    """
+    fn = "classifier_fid"
+    if not isinstance(classifier, nn.Module):
+        raise TypeError(f"{fn}: classifier must be an nn.Module, got {type(classifier).__name__}")
+    for name, t in (("images_a", images_a), ("images_b", images_b)):
+        if not isinstance(t, Tensor) or t.dim() != 4:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{fn}: {name} must be an [N, C, H, W] image tensor, got {got}")
+    fa, _ = extract_features(classifier, images_a, layer, batch_size=batch_size)
+    fb, _ = extract_features(classifier, images_b, layer, batch_size=batch_size)
+    return frechet_distance(fa, fb)
+
+
+# --------------------------------------------------------------------------- mode collapse
+def class_histogram(classifier: nn.Module, images: Tensor, *, num_classes: int | None = None,
+                    batch_size: int = 500) -> Tensor:
+    """How many of ``images`` the classifier assigns to each class: int64 counts ``[K]``.
+
+    ``K`` is ``num_classes`` or the classifier's number of outputs. A GAN that covers the data
+    gives roughly the data's class proportions; a collapsed one piles its samples on a few
+    classes (Salimans et al. 2016 discuss this "mode collapse"). Lab 10.
+    """
+    fn = "class_histogram"
+    if not isinstance(classifier, nn.Module):
+        raise TypeError(f"{fn}: classifier must be an nn.Module, got {type(classifier).__name__}")
+    if not isinstance(images, Tensor) or images.dim() != 4 or len(images) == 0:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"{fn}: images must be a non-empty [N, C, H, W] tensor, got {got}")
+    logits = predict(classifier, images, batch_size=_int(batch_size, "batch_size", fn))
+    k = logits.shape[1] if num_classes is None else _int(num_classes, "num_classes", fn)
+    if k < logits.shape[1]:
+        raise ValueError(f"{fn}: num_classes={k} but the classifier has {logits.shape[1]} outputs")
+    return torch.bincount(logits.argmax(1), minlength=k)
+
+
+def class_coverage(counts: Tensor, *, min_share: float | None = None) -> float:
+    """Share of the classes that hold at least ``min_share`` of the samples, from a class histogram.
+
+    ``counts``: the ``[K]`` histogram of :func:`class_histogram`. ``min_share`` defaults to a
+    quarter of the uniform share, ``0.25 / K`` (25 of 1,000 samples for 10 classes), so that a
+    handful of stray samples does not count as covering a class. 1.0: every class is produced;
+    0.1 of 10 classes: the generator collapsed onto one. Lab 10.
+    """
+    fn = "class_coverage"
+    if not isinstance(counts, Tensor) or counts.dim() != 1 or len(counts) == 0:
+        got = tuple(counts.shape) if isinstance(counts, Tensor) else type(counts).__name__
+        raise ValueError(f"{fn}: counts must be a 1-D histogram [K] (see class_histogram), got {got}")
+    counts = counts.detach().to("cpu", torch.float64)
+    if bool((counts < 0).any()) or float(counts.sum()) <= 0:
+        raise ValueError(f"{fn}: counts must be non-negative with a positive total")
+    k = len(counts)
+    if min_share is None:
+        min_share = 0.25 / k
+    if isinstance(min_share, bool) or not isinstance(min_share, (int, float)) or not 0 <= min_share <= 1:
+        raise ValueError(f"{fn}: min_share must be a fraction in [0, 1], got {min_share!r}")
+    shares = counts / counts.sum()
+    return float((shares >= min_share).double().mean()) if min_share > 0 else float((counts > 0).double().mean())

@@ -1,0 +1,304 @@
+"""labkit.gan and the DCGAN models (lab 10): losses, training loop, sampling, Frechet distance, coverage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch import nn
+
+import labkit as lk
+from labkit import gan
+from labkit.models.generative import DCGANDiscriminator, DCGANGenerator
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The models here are tiny: a second intra-op thread only adds synchronization (on a busy
+    2-core machine, 8 training steps took 14 s with 2 threads and 0.04 s with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- losses
+def test_losses_at_an_undecided_discriminator() -> None:
+    zero = torch.zeros(5)
+    assert math.isclose(float(lk.discriminator_loss(zero, zero)), 2 * math.log(2), rel_tol=1e-6)
+    assert math.isclose(float(lk.generator_loss(zero)), math.log(2), rel_tol=1e-6)
+    assert math.isclose(float(lk.generator_loss(zero, loss="saturating")), -math.log(2), rel_tol=1e-6)
+
+
+def test_losses_match_their_definitions_and_stay_finite() -> None:
+    real = torch.tensor([2.0, -1.0, 0.5])
+    fake = torch.tensor([-3.0, 0.2])
+    d = lambda t: torch.sigmoid(t)  # noqa: E731
+    expected_d = -(torch.log(d(real)).mean() + torch.log(1 - d(fake)).mean())
+    assert torch.allclose(lk.discriminator_loss(real, fake), expected_d, atol=1e-6)
+    assert torch.allclose(lk.generator_loss(fake), -torch.log(d(fake)).mean(), atol=1e-6)
+    assert torch.allclose(lk.generator_loss(fake, loss="saturating"), torch.log(1 - d(fake)).mean(), atol=1e-6)
+    extreme = torch.tensor([-200.0, 200.0])
+    for value in (lk.discriminator_loss(extreme, extreme), lk.generator_loss(extreme),
+                  lk.generator_loss(extreme, loss="saturating")):
+        assert torch.isfinite(value)
+
+
+def test_saturating_gradient_vanishes_when_d_rejects_the_fakes() -> None:
+    """d/dl log(1 - sigmoid(l)) = -sigmoid(l) ~ 0 at l = -6; the non-saturating one is ~ -1."""
+    grads = {}
+    for kind in lk.GAN_LOSSES:
+        logit = torch.tensor([-6.0], requires_grad=True)
+        lk.generator_loss(logit, loss=kind).backward()
+        grads[kind] = float(logit.grad)
+    assert math.isclose(grads["saturating"], -torch.sigmoid(torch.tensor(-6.0)).item(), rel_tol=1e-5)
+    assert math.isclose(grads["non_saturating"], -(1 - torch.sigmoid(torch.tensor(-6.0)).item()), rel_tol=1e-5)
+    assert abs(grads["saturating"]) < 0.003 < 0.99 < abs(grads["non_saturating"])
+
+
+def test_loss_arguments_are_validated() -> None:
+    with pytest.raises(ValueError, match="loss must be one of"):
+        lk.generator_loss(torch.zeros(2), loss="minimax")
+    with pytest.raises(TypeError, match="real_logits"):
+        lk.discriminator_loss(torch.zeros(2, dtype=torch.long), torch.zeros(2))
+    with pytest.raises(ValueError, match="empty"):
+        lk.generator_loss(torch.zeros(0))
+
+
+# --------------------------------------------------------------------------- Frechet distance
+def test_frechet_distance_of_identical_sets_is_zero() -> None:
+    feats = torch.randn(300, 6, generator=torch.Generator().manual_seed(0))
+    assert lk.frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-8)
+    assert lk.frechet_distance(feats, feats.numpy()) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_gaussian_frechet_distance_closed_form_for_commuting_covariances() -> None:
+    """Diagonal covariances: |mu1 - mu2|^2 + sum (s1 - s2)^2 with s the standard deviations."""
+    mu1, mu2 = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 1.0, 0.0])
+    var1, var2 = torch.tensor([1.0, 4.0, 9.0]), torch.tensor([4.0, 1.0, 9.0])
+    expected = 1 + 0 + 4 + (1 - 2) ** 2 + (2 - 1) ** 2 + 0
+    assert lk.gaussian_frechet_distance(mu1, torch.diag(var1), mu2, torch.diag(var2)) == pytest.approx(expected)
+
+
+def test_gaussian_frechet_distance_matches_scipy_sqrtm() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+    c1, c2 = a @ a.T + 0.1 * np.eye(4), b @ b.T + 0.1 * np.eye(4)  # not commuting
+    m1, m2 = rng.normal(size=4), rng.normal(size=4)
+    expected = float(((m1 - m2) ** 2).sum() + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real))
+    got = lk.gaussian_frechet_distance(torch.tensor(m1), torch.tensor(c1), torch.tensor(m2), torch.tensor(c2))
+    assert got == pytest.approx(expected, rel=1e-7)
+
+
+def _with_moments(n: int, mean: torch.Tensor, cov: torch.Tensor, seed: int) -> torch.Tensor:
+    """n samples whose empirical mean and (unbiased) covariance are exactly ``mean`` and ``cov``."""
+    x = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = x - x.mean(0)
+    emp = x.T @ x / (n - 1)
+    white = x @ torch.linalg.inv(torch.linalg.cholesky(emp)).T
+    return white @ torch.linalg.cholesky(cov).T + mean
+
+
+def test_frechet_distance_of_samples_equals_the_closed_form_of_their_gaussians() -> None:
+    mean_a, mean_b = torch.tensor([0.0, 0.0], dtype=torch.float64), torch.tensor([3.0, -4.0], dtype=torch.float64)
+    cov_a = torch.tensor([[2.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    cov_b = torch.tensor([[8.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    a = _with_moments(500, mean_a, cov_a, 1)
+    b = _with_moments(300, mean_b, cov_b, 2)
+    mu, cov = lk.feature_statistics(a)
+    assert torch.allclose(mu, mean_a, atol=1e-10) and torch.allclose(cov, cov_a, atol=1e-10)
+    # 25 (means) + (sqrt 2 - sqrt 8)^2 + (sqrt .5 - sqrt 2)^2 = 25 + 2 + 0.5
+    assert lk.frechet_distance(a, b) == pytest.approx(27.5, rel=1e-9)
+    assert lk.frechet_distance(b, a) == pytest.approx(27.5, rel=1e-9)
+    assert lk.frechet_distance(a, a + torch.tensor([1.0, 2.0], dtype=torch.float64)) == pytest.approx(5.0, rel=1e-9)
+
+
+def test_frechet_distance_validates_shapes() -> None:
+    with pytest.raises(ValueError, match="same layer"):
+        lk.frechet_distance(torch.randn(10, 3), torch.randn(10, 4))
+    with pytest.raises(ValueError, match="N >= 2"):
+        lk.frechet_distance(torch.randn(1, 3), torch.randn(10, 3))
+    with pytest.raises(TypeError, match="feats_a"):
+        lk.frechet_distance([[1.0, 2.0]], torch.randn(10, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        lk.frechet_distance(torch.full((4, 2), float("nan")), torch.randn(4, 2))
+
+
+class _MeanClassifier(nn.Module):
+    """Two classes by mean brightness: logits (0.5 - m, m - 0.5); features = [m, m^2] at ``body``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1, keepdim=True)
+        f = self.body(torch.cat([m, m * m], 1))
+        return torch.cat([0.5 - f[:, :1], f[:, :1] - 0.5], 1)
+
+
+def test_classifier_fid_uses_the_named_layer() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(50, 1, 4, 4, generator=g)
+    b = torch.rand(50, 1, 4, 4, generator=g) * 0.5
+    clf = _MeanClassifier()
+    fa = torch.cat([a.flatten(1).mean(1, keepdim=True), a.flatten(1).mean(1, keepdim=True) ** 2], 1)
+    fb = torch.cat([b.flatten(1).mean(1, keepdim=True), b.flatten(1).mean(1, keepdim=True) ** 2], 1)
+    assert lk.classifier_fid(clf, a, b, layer="body") == pytest.approx(lk.frechet_distance(fa, fb), rel=1e-5)
+    assert lk.classifier_fid(clf, a, a, layer="body") == pytest.approx(0.0, abs=1e-8)
+    with pytest.raises(ValueError, match="layer"):
+        lk.classifier_fid(clf, a, b, layer="nope")
+
+
+# --------------------------------------------------------------------------- coverage
+def test_class_histogram_and_coverage() -> None:
+    clf = _MeanClassifier()
+    images = torch.cat([torch.full((7, 1, 2, 2), 0.9), torch.full((3, 1, 2, 2), 0.1)])
+    counts = lk.class_histogram(clf, images)
+    assert counts.tolist() == [3, 7]
+    assert lk.class_histogram(clf, images, num_classes=4).tolist() == [3, 7, 0, 0]
+    assert lk.class_coverage(counts) == 1.0
+    assert lk.class_coverage(torch.tensor([500, 500] + [0] * 8)) == pytest.approx(0.2)
+    # default threshold: a quarter of the uniform share (25 of 1,000 for 10 classes)
+    assert lk.class_coverage(torch.tensor([25] + [975 // 9] * 9)) == 1.0
+    assert lk.class_coverage(torch.tensor([24] + [976 // 9] * 9)) == pytest.approx(0.9)
+    assert lk.class_coverage(torch.tensor([1, 99]), min_share=0.0) == 1.0
+    assert lk.class_coverage(torch.tensor([1, 99]), min_share=0.5) == 0.5
+    with pytest.raises(ValueError, match="min_share"):
+        lk.class_coverage(counts, min_share=2)
+    with pytest.raises(ValueError, match="counts"):
+        lk.class_coverage(torch.zeros(3))
+    with pytest.raises(ValueError, match="num_classes"):
+        lk.class_histogram(clf, images, num_classes=1)
+
+
+# --------------------------------------------------------------------------- models
+def test_dcgan_models_shapes_ranges_and_registry() -> None:
+    assert {"dcgan_generator", "dcgan_discriminator"} <= set(lk.list_models())
+    g = lk.get_model("dcgan_generator", latent_dim=8)
+    d = lk.get_model("dcgan_discriminator")
+    x = g(torch.randn(4, 8))
+    x = x.detach()
+    assert x.shape == (4, 1, 28, 28) and float(x.min()) >= 0 and float(x.max()) <= 1
+    assert d(x).shape == (4,)
+    cg = DCGANGenerator(8, out_shape=(3, 16, 16), widths=(8, 4), num_classes=3)
+    cd = DCGANDiscriminator((3, 16, 16), widths=(4, 8), num_classes=3)
+    y = torch.tensor([0, 2])
+    assert cd(cg(torch.randn(2, 8), y), y).shape == (2,)
+    assert cd.embed is not None and DCGANDiscriminator(num_classes=3, projection=False).embed is None
+
+
+def test_conditional_discriminator_uses_the_label() -> None:
+    torch.manual_seed(0)
+    for projection in (False, True):
+        cd = DCGANDiscriminator((1, 8, 8), widths=(4, 8), num_classes=3, projection=projection).eval()
+        x = torch.rand(2, 1, 8, 8)
+        assert not torch.allclose(cd(x, torch.tensor([0, 0])), cd(x, torch.tensor([1, 2])))
+
+
+def test_dcgan_models_validate_their_inputs() -> None:
+    g = DCGANGenerator(8, num_classes=2)
+    with pytest.raises(ValueError, match="conditional"):
+        g(torch.randn(2, 8))
+    with pytest.raises(ValueError, match="outside"):
+        g(torch.randn(2, 8), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match=r"\[B, 8\]"):
+        g(torch.randn(2, 7), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="unconditional"):
+        DCGANDiscriminator()(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="divisible"):
+        DCGANGenerator(out_shape=(1, 30, 30))
+    with pytest.raises(ValueError, match="batch of images"):
+        DCGANDiscriminator()(torch.rand(2, 1, 32, 32))
+
+
+# --------------------------------------------------------------------------- training and sampling
+def _tiny(k: int = 0) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    return (DCGANGenerator(4, out_shape=(1, 8, 8), widths=(8, 4), num_classes=k),
+            DCGANDiscriminator((1, 8, 8), widths=(4, 8), num_classes=k))
+
+
+def test_train_gan_history_snapshots_scores_and_modes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABKIT_PROGRESS", "none")
+    g, d = _tiny()
+    data = torch.rand(70, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    calls = []
+    h = lk.train_gan(g, d, data, epochs=2, batch_size=16, n_fixed=6, device="cpu",
+                     score_fn=lambda gen: calls.append(gen.training) or float(len(calls)))
+    assert h.steps == 2 * (70 // 16) and h.epoch_steps == [4, 8] and h.epochs == 2
+    assert all(len(getattr(h, k)) == 8 for k in ("d_loss", "g_loss", "d_real", "d_fake", "g_grad_norm"))
+    assert h.scores == [1.0, 2.0, 3.0] and calls == [False, False, False]
+    assert len(h.snapshots) == 3 and h.snapshots[0].shape == (6, 1, 8, 8)
+    assert not g.training and not d.training
+    assert all(0 <= v <= 1 for v in h.d_real + h.d_fake)
+    assert len(h.epoch_means("d_loss")) == 2 and len(h.smoothed("g_loss", 3)) == 8
+    assert h.smoothed("d_loss", 1) == pytest.approx(h.d_loss)
+    assert set(h.to_dict()) >= {"d_loss", "g_loss", "scores", "loss"}
+
+
+def test_train_gan_is_reproducible_and_learns_the_data_brightness(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real images are all 0.8; G starts near 0.5 and must move its mean output towards 0.8."""
+    monkeypatch.setenv("LABKIT_PROGRESS", "none")
+    data = torch.full((256, 1, 8, 8), 0.8)
+    runs = []
+    for _ in range(2):
+        g, d = _tiny()
+        before = float(lk.sample_gan(g, 64).mean())
+        h = lk.train_gan(g, d, data, epochs=12, batch_size=32, lr_g=2e-3, lr_d=2e-3, device="cpu", seed=3)
+        runs.append((h.d_loss, float(lk.sample_gan(g, 64).mean()), before))
+    assert runs[0][0] == runs[1][0], "same seed, same losses"
+    (_, after, before) = runs[0]
+    assert abs(before - 0.5) < 0.1 and abs(after - 0.8) < 0.1, (before, after)
+
+
+def test_train_gan_conditional_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABKIT_PROGRESS", "none")
+    images = torch.rand(32, 1, 8, 8)
+    labels = torch.arange(32) % 3
+    g, d = _tiny(3)
+    h = lk.train_gan(g, d, (images, labels), epochs=1, batch_size=8, n_fixed=6, device="cpu")
+    assert h.fixed_labels.tolist() == [0, 1, 2, 0, 1, 2] and h.steps == 4
+    with pytest.raises(ValueError, match="labels"):
+        lk.train_gan(g, d, images, epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match="num_classes"):
+        lk.train_gan(g, _tiny()[1], (images, labels), epochs=1, batch_size=8)
+    g0, d0 = _tiny()
+    with pytest.raises(ValueError, match="loss"):
+        lk.train_gan(g0, d0, images, epochs=1, loss="wasserstein")
+    with pytest.raises(ValueError, match="batch_size"):
+        lk.train_gan(g0, d0, images, epochs=1, batch_size=64)
+    with pytest.raises(ValueError, match="betas"):
+        lk.train_gan(g0, d0, images, epochs=1, batch_size=8, betas=(0.5, 1.5))
+    with pytest.raises(ValueError, match="lr_d"):
+        lk.train_gan(g0, d0, images, epochs=1, batch_size=8, lr_d=0)
+    with pytest.raises(TypeError, match="latent_dim"):
+        lk.train_gan(d0, d0, images, epochs=1, batch_size=8)
+
+
+def test_sample_gan_seeds_labels_and_mode() -> None:
+    g, _ = _tiny(3)
+    g.train()
+    a = lk.sample_gan(g, 5, labels=1, seed=4)
+    assert torch.equal(a, lk.sample_gan(g, 5, labels=[1] * 5, seed=4)) and g.training
+    assert not torch.equal(a, lk.sample_gan(g, 5, labels=1, seed=5))
+    z = torch.randn(3, 4)
+    assert lk.sample_gan(g, z=z, labels=torch.tensor([0, 1, 2])).shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError, match="pass labels"):
+        lk.sample_gan(g, 5)
+    with pytest.raises(ValueError, match="ints in 0..2"):
+        lk.sample_gan(g, 2, labels=[0, 3])
+    with pytest.raises(ValueError, match="rows"):
+        lk.sample_gan(g, 4, z=z, labels=0)
+    with pytest.raises(ValueError, match="unconditional"):
+        lk.sample_gan(_tiny()[0], 2, labels=0)
+
+
+def test_public_names_are_exported() -> None:
+    for name in gan.__all__:
+        assert getattr(lk, name) is getattr(gan, name)
