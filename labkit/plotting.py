@@ -143,15 +143,18 @@ def plot_history(histories: Mapping[str, Any] | Any, *, metrics: Sequence[str] =
 
 
 def plot_curves(curves: Mapping[str, Sequence[float]], *, x: Sequence[float] | None = None, xlabel: str = "",
-                ylabel: str = "", title: str = "", logx: bool = False, size: tuple[float, float] = (4.5, 3.0),
-                marker: str = "o") -> Figure:
-    """Several named y-series over a shared x axis (sweeps, attack strength, ...)."""
+                ylabel: str = "", title: str = "", logx: bool = False, logy: bool = False,
+                size: tuple[float, float] = (4.5, 3.0), marker: str = "o") -> Figure:
+    """Several named y-series over a shared x axis (sweeps, attack strength, ...); ``logy`` for
+    quantities spanning decades (an FID falling from thousands to tens, gradient norms)."""
     fig, ax = plt.subplots(figsize=size)
     for name, ys in curves.items():
         xs = list(x) if x is not None else list(range(len(ys)))
         ax.plot(xs, list(ys), marker=marker, ms=3, label=name)
     if logx:
         ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

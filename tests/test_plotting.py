@@ -163,6 +163,7 @@ def test_plot_curves() -> None:
     assert ax.get_title() == "attacks" and ax.get_xlabel() == "eps" and ax.get_legend() is not None
     one = P.plot_curves({"only": [3, 2, 1]}).axes[0]
     assert one.lines[0].get_xdata().tolist() == [0, 1, 2] and one.get_legend() is None
+    assert one.get_yscale() == "linear" and P.plot_curves({"fid": [900, 90, 9]}, logy=True).axes[0].get_yscale() == "log"
 
 
 def test_plot_embedding() -> None:
