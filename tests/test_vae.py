@@ -221,11 +221,11 @@ def test_train_vae_learns_and_is_reproducible(monkeypatch):
     for _ in range(2):
         torch.manual_seed(123)  # same initial weights; the run's own randomness comes from `seed`
         model = MLPVAE((1, 8, 8), latent_dim=2, hidden=(32,))
-        hist = lk.train_vae(model, x, x[:32], epochs=15, lr=1e-2, batch_size=32, device="cpu", seed=5)
+        hist = lk.train_vae(model, x, x[:32], epochs=8, lr=1e-2, batch_size=48, device="cpu", seed=5)
         runs.append((model, hist))
     (m1, h1), (m2, h2) = runs
-    assert h1.epochs == 15 and len(h1.val_loss) == 15
-    assert h1.train_loss[-1] < 0.7 * h1.train_loss[0]
+    assert h1.epochs == 8 and len(h1.val_loss) == 8
+    assert h1.train_loss[-1] < 0.5 * h1.train_loss[0]
     assert h1.train_loss == h2.train_loss
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert not m1.training
