@@ -50,9 +50,9 @@ def _int(value: object, name: str, fn: str, *, low: int = 1) -> int:
     return value
 
 
-def _positive(value: object, name: str, fn: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{fn}: {name} must be a positive finite number, got {value!r}")
+def _rate(value: object, name: str, fn: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{fn}: {name} must be a finite number >= 0 (0 freezes that network), got {value!r}")
     return float(value)
 
 
@@ -237,7 +237,9 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epoc
     D step: minimize :func:`discriminator_loss` on a real batch and on ``G(z).detach()``; G step:
     minimize :func:`generator_loss` (``loss``: ``"non_saturating"`` or ``"saturating"``) on D's
     logits for the same fakes. Adam with ``lr_d`` / ``lr_g`` and ``betas`` (Radford et al. 2016:
-    2e-4, (0.5, 0.999)). When both models have ``num_classes = K > 0`` the GAN is *conditional*
+    2e-4, (0.5, 0.999)); a rate of 0 leaves that network's weights as they are, so that one player
+    alone is trained (its batch-norm layers still normalize each batch with the batch's own
+    statistics). When both models have ``num_classes = K > 0`` the GAN is *conditional*
     (Mirza & Osindero 2014): real images come with their labels, fakes with the labels of the
     real batch, and both networks receive them. ``data``: an ImageSet, an ``(images, labels)``
     pair or an images tensor, images in [0, 1]; the last incomplete batch of an epoch is dropped.
@@ -253,8 +255,10 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epoc
                         f"got {type(discriminator).__name__}")
     epochs = _int(epochs, "epochs", fn, low=0)
     batch_size = _int(batch_size, "batch_size", fn, low=2)
-    lr_g = _positive(lr_g, "lr_g", fn)
-    lr_d = _positive(lr_d, "lr_d", fn)
+    lr_g = _rate(lr_g, "lr_g", fn)
+    lr_d = _rate(lr_d, "lr_d", fn)
+    if lr_g == 0 and lr_d == 0:
+        raise ValueError(f"{fn}: lr_g and lr_d are both 0, so nothing would be trained; give one a positive rate")
     if (not isinstance(betas, (tuple, list)) or len(betas) != 2
             or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
         raise ValueError(f"{fn}: betas must be two numbers in [0, 1), e.g. (0.5, 0.999), got {betas!r}")
@@ -276,8 +280,8 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epoc
     device = get_device(device or "auto") if device is None or isinstance(device, str) else device
     generator.to(device)
     discriminator.to(device)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=tuple(betas))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=tuple(betas))
+    opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=tuple(betas)) if lr_g > 0 else None
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=tuple(betas)) if lr_d > 0 else None
     g_params = [p for p in generator.parameters() if p.requires_grad]
     g_cpu = _generator(seed, torch.device("cpu"))
     g_dev = _generator(seed + 1, device)
@@ -317,16 +321,21 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epoc
                 real_logits = discriminator(x, y) if cond else discriminator(x)
                 fake_logits = discriminator(fake.detach(), y) if cond else discriminator(fake.detach())
                 d_loss = discriminator_loss(real_logits, fake_logits)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
+                if opt_d is not None:
+                    opt_d.zero_grad(set_to_none=True)
+                    d_loss.backward()
+                    opt_d.step()
                 # generator step, against the updated discriminator
-                logits = discriminator(fake, y) if cond else discriminator(fake)
-                g_loss = generator_loss(logits, loss=loss)
-                opt_g.zero_grad(set_to_none=True)
-                g_loss.backward()
-                history.g_grad_norm.append(_grad_norm(g_params))
-                opt_g.step()
+                if opt_g is not None:
+                    logits = discriminator(fake, y) if cond else discriminator(fake)
+                    g_loss = generator_loss(logits, loss=loss)
+                    opt_g.zero_grad(set_to_none=True)
+                    g_loss.backward()
+                    history.g_grad_norm.append(_grad_norm(g_params))
+                    opt_g.step()
+                else:
+                    g_loss = generator_loss(fake_logits.detach(), loss=loss)
+                    history.g_grad_norm.append(float("nan"))
                 history.d_loss.append(float(d_loss.detach()))
                 history.g_loss.append(float(g_loss.detach()))
                 history.d_real.append(float(torch.sigmoid(real_logits.detach()).mean()))

@@ -276,9 +276,26 @@ def test_train_gan_conditional_and_validation(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ValueError, match="betas"):
         lk.train_gan(g0, d0, images, epochs=1, batch_size=8, betas=(0.5, 1.5))
     with pytest.raises(ValueError, match="lr_d"):
-        lk.train_gan(g0, d0, images, epochs=1, batch_size=8, lr_d=0)
+        lk.train_gan(g0, d0, images, epochs=1, batch_size=8, lr_d=-1e-3)
+    with pytest.raises(ValueError, match="both 0"):
+        lk.train_gan(g0, d0, images, epochs=1, batch_size=8, lr_d=0, lr_g=0)
     with pytest.raises(TypeError, match="latent_dim"):
         lk.train_gan(d0, d0, images, epochs=1, batch_size=8)
+
+
+def test_a_zero_learning_rate_trains_one_player_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABKIT_PROGRESS", "none")
+    images = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    for frozen in ("d", "g"):
+        g, d = _tiny()
+        before = {"g": [p.clone() for p in g.parameters()], "d": [p.clone() for p in d.parameters()]}
+        h = lk.train_gan(g, d, images, epochs=1, batch_size=8, device="cpu",
+                         lr_d=0.0 if frozen == "d" else 1e-2, lr_g=0.0 if frozen == "g" else 1e-2)
+        still = all(torch.equal(a, b) for a, b in zip(before[frozen], (d if frozen == "d" else g).parameters()))
+        moved = any(not torch.equal(a, b) for a, b in zip(before["g" if frozen == "d" else "d"],
+                                                          (g if frozen == "d" else d).parameters()))
+        assert still and moved, frozen
+        assert h.steps == 4 and all(math.isnan(v) for v in h.g_grad_norm) == (frozen == "g")
 
 
 def test_sample_gan_seeds_labels_and_mode() -> None:
