@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= standard
 JOBS ?= 2
+# OpenMP threads sleep instead of spinning when idle: identical results, and much faster
+# when two pytest workers (or a neighbour) share the 2 cores.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: help setup labs site book test test-fast clean
 

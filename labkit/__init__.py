@@ -38,6 +38,7 @@ _MODULES = (
     "plotting",
     "widgets",
     "runner",
+    "recipes",
 )
 
 _cache: dict[str, object] = {}

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["record", "check", "get_results", "reset_results", "set_meta", "to_jsonable", "CheckResult"]
+__all__ = ["record", "check", "get_results", "reset_results", "set_meta", "to_jsonable", "CheckResult", "CheckOutcome"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -104,7 +104,41 @@ def record(name: str, value: Any) -> Any:
     return value
 
 
-def check(name: str, condition: Any, detail: str = "", *, points: float = 1.0, quiet: bool = False) -> bool:
+class CheckOutcome:
+    """What ``lk.check`` returns: truthy when the check passed.
+
+    It behaves as a bool (``if lk.check(...)``, ``== True``) but shows nothing when it is the
+    last expression of a notebook cell, so that the printed PASS/FAIL line is all the student
+    sees (a bare ``True`` under every check was noise).
+    """
+
+    __slots__ = ("passed",)
+
+    def __init__(self, passed: bool) -> None:
+        self.passed = bool(passed)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, CheckOutcome):
+            return self.passed == other.passed
+        if isinstance(other, (bool, int)):
+            return self.passed == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.passed)
+
+    def __repr__(self) -> str:
+        return f"CheckOutcome(passed={self.passed})"
+
+    def _ipython_display_(self) -> None:  # IPython: display nothing
+        return None
+
+
+def check(name: str, condition: Any, detail: str = "", *, points: float = 1.0,
+          quiet: bool = False) -> CheckOutcome:
     """Verify ``condition`` and print a pass/fail line for the student; recorded for grading.
 
     ``condition`` may be a bool, a NumPy bool or a one-element tensor. ``detail`` says what
@@ -129,7 +163,7 @@ def check(name: str, condition: Any, detail: str = "", *, points: float = 1.0, q
     if not quiet:
         mark = "PASS" if passed else "FAIL"
         print(f"[{mark}] {name}" + (f": {detail}" if detail else ""))
-    return passed
+    return CheckOutcome(passed)
 
 
 def set_meta(**meta: Any) -> None:

@@ -96,8 +96,8 @@ def test_unsupported_values_raise_a_helpful_type_error(value) -> None:
 # --- check --------------------------------------------------------------------------------------
 
 def test_check_prints_pass_and_fail_lines(capsys) -> None:
-    assert check("acc_high", True, "accuracy 0.97 >= 0.9") is True
-    assert check("loss_low", False) is False
+    assert check("acc_high", True, "accuracy 0.97 >= 0.9") == True  # noqa: E712 (bool-like outcome)
+    assert not check("loss_low", False)
     out = capsys.readouterr().out.splitlines()
     assert out == ["[PASS] acc_high: accuracy 0.97 >= 0.9", "[FAIL] loss_low"]
     checks = get_results()["checks"]
@@ -126,7 +126,7 @@ def test_check_quiet_prints_nothing_but_records(capsys) -> None:
     ],
 )
 def test_check_accepts_bool_like_values(condition, expected: bool) -> None:
-    assert check("c", condition, quiet=True) is expected
+    assert bool(check("c", condition, quiet=True)) is expected
     assert get_results()["checks"][0]["passed"] is expected
 
 
@@ -220,3 +220,11 @@ def test_failed_flush_leaves_no_temp_file(tmp_path, monkeypatch) -> None:
         record("b", 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
     assert json.loads(target.read_text())["records"] == {"a": 1}  # the last good file is intact
+
+
+def test_check_outcome_is_bool_like_and_silent_in_notebooks(capsys):
+    ok, bad = check("a", True), check("b", False, quiet=True)
+    assert bool(ok) is True and bool(bad) is False
+    assert ok == True and bad == False and ok != bad  # noqa: E712
+    assert ok._ipython_display_() is None  # IPython shows nothing for a cell ending in lk.check
+    assert "PASS" in capsys.readouterr().out

@@ -16,7 +16,6 @@ fitted into a 20 x 20 box and centred by its centre of mass in 28 x 28, as MNIST
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import numpy as np
@@ -59,21 +58,11 @@ _WIDTH = np.array([1.3, 0.9, 1.15, 1.03, 1.1, 1.22, 1.0, 1.0, 1.0, 0.97])
 _SLANT = np.array([0.03, 0.13, -0.01, -0.11, -0.1, 0.07, -0.08, -0.2, 0.02, -0.04])
 
 
-def _font_path(name: str) -> str:
-    import matplotlib
-
-    return os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name)
-
-
 def _glyph_bitmap(font_name: str, digit: int) -> np.ndarray:
     """The digit's anti-aliased bitmap, cropped to its ink, as float in [0, 1]."""
-    from matplotlib.ft2font import FT2Font
+    from labkit.plotting import render_glyph  # matplotlib's FreeType renderer (plotting owns matplotlib)
 
-    font = FT2Font(_font_path(font_name))
-    font.set_size(96, 72)
-    font.set_text(str(digit))
-    font.draw_glyphs_to_bitmap(antialiased=True)
-    img = np.asarray(font.get_image(), dtype=np.float32) / 255.0
+    img = render_glyph(font_name, str(digit), size=96)
     ys, xs = np.nonzero(img > 0.5)
     return img[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
 
