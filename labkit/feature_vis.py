@@ -25,7 +25,7 @@ from .deconv import _prefix
 from .hooks import capture, get_layer, preserve_state
 from .reproducibility import make_generator
 
-__all__ = ["class_visualization", "activation_maximization", "gaussian_blur"]
+__all__ = ["class_visualization", "activation_maximization", "gaussian_blur", "high_frequency_share"]
 
 
 def gaussian_blur(images: Tensor, sigma: float, *, kernel_size: int | None = None) -> Tensor:
@@ -58,6 +58,34 @@ def gaussian_blur(images: Tensor, sigma: float, *, kernel_size: int | None = Non
     y = F.conv2d(y, w.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
     y = F.conv2d(y, w.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
     return y[0] if single else y
+
+
+def high_frequency_share(images: Tensor, *, cutoff: float = 0.25) -> Tensor:
+    """Share of each image's spectral power above ``cutoff`` cycles per pixel; ``[B, C, H, W]`` -> ``[B]``.
+
+    The mean of each channel is removed, the power spectrum ``|FFT|^2`` is summed over channels,
+    and the power at radial frequencies ``sqrt(fy^2 + fx^2) > cutoff`` is divided by the total
+    (Nyquist is 0.5; a checkerboard gives 1, a smooth ramp nearly 0, a flat image 0). A number
+    for the "look" of a synthesized image: high-frequency noise vs smooth shapes, which Yosinski
+    et al. 2015's blur and jitter regularizers lower. Used in lab 04.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    x = images.unsqueeze(0) if images.dim() == 3 else images
+    if x.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W] or [C, H, W], got {tuple(images.shape)}")
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not 0 <= cutoff < 0.5 * math.sqrt(2):
+        raise ValueError(f"cutoff must be a frequency in [0, 0.707) cycles per pixel (Nyquist 0.5), got {cutoff!r}")
+    x = x.detach().double()
+    x = x - x.mean(dim=(2, 3), keepdim=True)
+    power = torch.fft.fft2(x).abs().pow(2).sum(1)  # [B, H, W]
+    fy = torch.fft.fftfreq(x.shape[2], dtype=torch.float64, device=x.device)
+    fx = torch.fft.fftfreq(x.shape[3], dtype=torch.float64, device=x.device)
+    high = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt() > cutoff
+    total = power.flatten(1).sum(1)
+    share = (power * high).flatten(1).sum(1) / total.clamp_min(1e-300)
+    return torch.where(total > 0, share, torch.zeros_like(share)).to(images.dtype if images.is_floating_point()
+                                                                       else torch.float32)
 
 
 @contextmanager

@@ -171,3 +171,29 @@ def test_truncated_forward_gives_the_full_models_answer(shift, monkeypatch):
     monkeypatch.setattr(fv, "_prefix", lambda m, layer: None)  # always the whole model
     slow_img, slow_h = activation_maximization(model, "features.2", 1, **kw)
     assert torch.allclose(fast_img, slow_img, atol=1e-6) and torch.allclose(fast_h, slow_h, atol=1e-6)
+
+
+def test_high_frequency_share_on_hand_checkable_images():
+    from labkit.feature_vis import high_frequency_share
+
+    n = 16
+    yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    checker = ((yy + xx) % 2).float()[None, None]              # all power at (0.5, 0.5): radius 0.707
+    slow = torch.cos(2 * torch.pi * xx / n).float()[None, None]  # one cycle per image: 1/16 cycles per pixel
+    flat = torch.full((1, 3, n, n), 0.3)
+    stripes = torch.cos(torch.pi * xx).float()[None, None]      # 0.5 cycles per pixel along x
+    # the Nyquist cosine puts all its power in one FFT bin, the slow one splits it over +-1/16:
+    # mean squares 1 vs 1/2, so the sum has 2/3 of its power above the cutoff
+    both = slow + stripes
+    out = high_frequency_share(torch.cat([checker, slow, stripes, both]))
+    assert torch.allclose(out, torch.tensor([1.0, 0.0, 1.0, 2 / 3]), atol=1e-6)
+    assert float(high_frequency_share(flat)[0]) == 0.0
+    assert high_frequency_share(checker[0]).shape == (1,)     # [C, H, W] accepted
+    # blurring lowers the share
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(2, 3, n, n, generator=g)
+    assert (high_frequency_share(gaussian_blur(noise, 1.0)) < high_frequency_share(noise)).all()
+    with pytest.raises(ValueError, match="cutoff"):
+        high_frequency_share(noise, cutoff=0.8)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        high_frequency_share(noise.numpy())
