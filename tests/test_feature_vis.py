@@ -197,3 +197,24 @@ def test_high_frequency_share_on_hand_checkable_images():
         high_frequency_share(noise, cutoff=0.8)
     with pytest.raises(TypeError, match="torch.Tensor"):
         high_frequency_share(noise.numpy())
+
+
+def test_activation_maximization_of_a_head_unit_behind_a_non_sequential_forward():
+    """A dense unit in ``classifier`` (a Sequential that does not start at the images) uses the full model."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+            self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.features(x))
+
+    torch.manual_seed(1)  # seed 0 leaves the hidden ReLUs dead on grey noise (no gradient)
+    net = Net().eval()
+    img, h = activation_maximization(net, "classifier.3", [0, 2], shape=(1, 8, 8), steps=15, lr=0.5, seed=0,
+                                     return_history=True)
+    assert img.shape == (2, 1, 8, 8) and (h[:, -1] > h[:, 0]).all()
+    with torch.no_grad():  # the history is the unit's value on the final images
+        assert torch.allclose(net(img)[[0, 1], [0, 2]], h[:, -1], atol=1e-5)
