@@ -6,7 +6,12 @@
   examples": one step of ``eps * sign(grad)``.
 - :func:`pgd`: Madry et al. 2018, "Towards deep learning models resistant to adversarial
   attacks": iterated steps projected back onto the L-inf or L2 ball of radius ``eps``.
-- :func:`adversarial_training_step`: one Madry-style training step on PGD examples.
+- :func:`adversarial_training_step`: one Madry-style training step on PGD examples;
+  :func:`adversarial_training`: epochs of such steps over a data set.
+- :func:`sign_noise`: random noise of the same L-inf norm as an attack (the control that an
+  adversarial perturbation is not just "any perturbation of that size").
+- :func:`robust_accuracy`: accuracy under an attack (or noise) for several epsilons;
+  :func:`transfer_success_rate`: how often examples crafted on one model fool another.
 
 The loss is the cross-entropy of the model's logits; an untargeted attack climbs it for the
 true ``labels``, a targeted one (``targeted=True``, ``labels`` = the wanted classes) descends it.
@@ -28,7 +33,8 @@ from torch import Tensor, nn
 from .hooks import preserve_state
 from .reproducibility import make_generator
 
-__all__ = ["fgsm", "pgd", "adversarial_training_step", "minimal_targeted_attack"]
+__all__ = ["fgsm", "pgd", "adversarial_training_step", "minimal_targeted_attack", "sign_noise", "robust_accuracy",
+           "transfer_success_rate", "adversarial_training"]
 
 _Bound = float | Sequence[float] | Tensor
 
@@ -284,3 +290,142 @@ def minimal_targeted_attack(model: nn.Module, images: Tensor, target: int | Tens
             x[moving] = _clip(x[moving] - step_size * _l2_normalize(g[~done]), bounds)
     delta = (x - x0).detach()
     return (delta[0], used[0]) if single else (delta, used)
+
+
+def sign_noise(images: Tensor, eps: float, *, seed: int | None = 0,
+               clamp: tuple[_Bound, _Bound] | None = (0.0, 1.0)) -> Tensor:
+    """``images + eps * s`` with ``s`` independent random signs (+-1 per pixel), clamped to ``clamp``.
+
+    Noise of the same L-inf norm as an FGSM / PGD perturbation of radius ``eps``, but with no
+    relation to the model: the control of Goodfellow et al. 2015's argument (an adversarial
+    direction moves the score by ``eps * ||w||_1``, a random one by about ``eps * ||w||_2``).
+    ``seed`` None draws from torch's global generator. ``images`` are not modified. Used in lab 03.
+    """
+    x = _check_images(images)
+    eps = _check_number(eps, "eps")
+    bounds = _bounds(clamp, x)
+    gen = make_generator(seed) if seed is not None else None
+    s = torch.randint(0, 2, x.shape, generator=gen).to(device=x.device, dtype=x.dtype) * 2 - 1
+    return _clip(x + eps * s, bounds).detach()
+
+
+def _batches(n: int, batch_size: int) -> Iterator[slice]:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    with preserve_state(model):
+        model.eval()
+        return model(x).argmax(1) == y
+
+
+def robust_accuracy(model: nn.Module, images: Tensor, labels: Tensor, attack, epsilons: Sequence[float], *,
+                    batch_size: int = 500) -> dict[float, float]:
+    """Accuracy of ``model`` on ``attack(model, x, y, eps)`` for each ``eps`` of ``epsilons``.
+
+    ``attack`` is any callable ``(model, images, labels, eps) -> adversarial images``, e.g.
+    ``lambda m, x, y, e: lk.pgd(m, x, y, e, alpha=e / 4, steps=10)`` or
+    ``lambda m, x, y, e: lk.sign_noise(x, e)``. Images are attacked in batches of ``batch_size``
+    on the model's device (results returned as plain floats). Returns ``{eps: accuracy}``;
+    ``eps = 0`` gives the clean accuracy if the attack returns its input unchanged. The model's
+    mode is restored. Used in lab 03 (accuracy vs epsilon curves).
+    """
+    x = _check_images(images)
+    if not callable(attack):
+        raise TypeError(f"attack must be a callable (model, images, labels, eps) -> images, got {type(attack).__name__}")
+    eps_list = [_check_number(e, "epsilons entry") for e in epsilons]
+    if not eps_list:
+        raise ValueError("epsilons must hold at least one value, e.g. [0.05, 0.1]")
+    device = _model_device(model)
+    y = _check_labels(labels, len(x), device)
+    out = {}
+    for eps in eps_list:
+        correct = 0
+        for sl in _batches(len(x), batch_size):
+            xb = x[sl].to(device)
+            adv = attack(model, xb, y[sl], eps)
+            if not isinstance(adv, Tensor) or adv.shape != xb.shape:
+                raise ValueError(f"attack must return images shaped {tuple(xb.shape)}, got "
+                                 f"{getattr(adv, 'shape', type(adv).__name__)}")
+            correct += int(_correct(model, adv, y[sl]).sum())
+        out[eps] = correct / len(x)
+    return out
+
+
+def transfer_success_rate(source: nn.Module, target: nn.Module, images: Tensor, adversarial: Tensor,
+                          labels: Tensor, *, batch_size: int = 500) -> float:
+    """Fraction of the adversarial examples that fool ``source`` and also fool ``target``.
+
+    Counted over the images that both models classify correctly when clean and whose adversarial
+    version (crafted on ``source``) ``source`` misclassifies; the rate is the share of those that
+    ``target`` misclassifies too (Szegedy et al. 2014, section 4.3; Goodfellow et al. 2015,
+    section 8). NaN when no image qualifies. Both models must sit on the same device. Used in lab 03.
+    """
+    x, adv = _check_images(images), _check_images(adversarial)
+    if x.shape != adv.shape:
+        raise ValueError(f"adversarial has shape {tuple(adv.shape)} but images have {tuple(x.shape)}; "
+                         "pass the adversarial version of each image")
+    device = _model_device(source)
+    if _model_device(target) != device:
+        raise ValueError(f"source is on {device} but target is on {_model_device(target)}; move both to one device")
+    y = _check_labels(labels, len(x), device)
+    eligible = fooled = 0
+    for sl in _batches(len(x), batch_size):
+        xb, ab, yb = x[sl].to(device), adv[sl].to(device), y[sl]
+        keep = _correct(source, xb, yb) & _correct(target, xb, yb) & ~_correct(source, ab, yb)
+        eligible += int(keep.sum())
+        fooled += int((keep & ~_correct(target, ab, yb)).sum())
+    return fooled / eligible if eligible else float("nan")
+
+
+def adversarial_training(model: nn.Module, train, *, epochs: int, eps: float, alpha: float, steps: int,
+                         lr: float = 1e-3, batch_size: int = 64, clean_weight: float = 0.0, norm: str = "linf",
+                         clamp: tuple[_Bound, _Bound] | None = (0.0, 1.0), seed: int = 0,
+                         max_batches: int | None = None) -> list[float]:
+    """Train ``model`` in place with :func:`adversarial_training_step` (Adam, shuffled mini-batches).
+
+    ``train``: an ``ImageSet`` (``.images``, ``.labels``) or a pair ``(images, labels)``. Each
+    epoch visits the data in a seeded random order (``seed + epoch``; torch's global RNG is not
+    used: the PGD random starts come from ``seed`` too); ``max_batches`` stops an epoch early
+    (for smoke runs). Madry et al. 2018 train from scratch with PGD examples only
+    (``clean_weight=0``); Goodfellow et al. 2015 mix clean and adversarial losses (0.5). Batches
+    go to the model's device; the model ends in eval mode. Returns the mean loss of each epoch.
+    Used in lab 03.
+    """
+    images, labels = (train.images, train.labels) if hasattr(train, "images") else tuple(train)
+    x = _check_images(images)
+    y = _check_labels(labels, len(x), x.device)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    lr = _check_number(lr, "lr", positive=True)
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ValueError(f"max_batches must be None or an int >= 1, got {max_batches!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    device = _model_device(model)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=make_generator(seed + epoch))
+        total, count = 0.0, 0
+        for b, sl in enumerate(_batches(len(x), batch_size)):
+            if max_batches is not None and b >= max_batches:
+                break
+            idx = order[sl]
+            loss = adversarial_training_step(model, optimizer, x[idx].to(device), y[idx].to(device), eps=eps,
+                                             alpha=alpha, steps=steps, norm=norm, clamp=clamp,
+                                             clean_weight=clean_weight, seed=seed * 100003 + epoch * 1009 + b)
+            total, count = total + loss * len(idx), count + len(idx)
+        losses.append(total / max(count, 1))
+    model.eval()
+    return losses

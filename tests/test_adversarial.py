@@ -256,3 +256,89 @@ def test_attacks_on_cuda_match_cpu():
         assert ((got.cpu() - cpu[k]).abs() > 1e-4).float().mean() < 0.01, k
     with pytest.raises(ValueError, match="move them"):
         A.fgsm(model, x, y, 0.1)
+
+
+# --------------------------------------------------------------------------- lab 03 helpers
+def _linear_pair() -> nn.Module:
+    """Logits (s, -s) with s = x0 + x1: class 0 iff x0 + x1 > 0; FGSM of size eps moves s by 2 eps."""
+    lin = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 1.0], [-1.0, -1.0]]))
+    return lin.eval()
+
+
+def test_sign_noise_has_the_attack_norm():
+    x = torch.full((3, 1, 4, 4), 0.5)
+    before = x.clone()
+    noisy = A.sign_noise(x, 0.1, seed=3, clamp=None)
+    assert torch.equal(x, before)
+    assert torch.allclose((noisy - x).abs(), torch.full_like(x, 0.1))
+    assert torch.equal(noisy, A.sign_noise(x, 0.1, seed=3, clamp=None))
+    assert not torch.equal(noisy, A.sign_noise(x, 0.1, seed=4, clamp=None))
+    assert 0.3 < ((noisy - x) > 0).float().mean().item() < 0.7
+    clipped = A.sign_noise(torch.zeros(2, 1, 3, 3), 0.2, seed=0)
+    assert torch.equal(clipped.unique(), torch.tensor([0.0, 0.2]))
+    with pytest.raises(ValueError, match="eps"):
+        A.sign_noise(x, -0.1)
+
+
+def test_robust_accuracy_on_a_linear_model_by_hand():
+    model = _linear_pair()
+    margins = torch.tensor([0.1, 0.3, 0.5])  # x0 + x1 = m, all class 0
+    x = torch.stack([margins / 2, margins / 2], 1)
+    y = torch.zeros(3, dtype=torch.long)
+    attack = lambda m, xb, yb, e: A.fgsm(m, xb, yb, e, clamp=None)  # noqa: E731
+    # the logit gap 2m falls by 4 eps: an image flips when eps > m / 2
+    acc = A.robust_accuracy(model, x, y, attack, [0.0, 0.1, 0.2, 0.3], batch_size=2)
+    assert acc == pytest.approx({0.0: 1.0, 0.1: 2 / 3, 0.2: 1 / 3, 0.3: 0.0})
+    noise = A.robust_accuracy(model, x, y, lambda m, xb, yb, e: A.sign_noise(xb, e, clamp=None), [0.3])
+    assert 0.0 <= noise[0.3] <= 1.0
+    with pytest.raises(TypeError, match="attack"):
+        A.robust_accuracy(model, x, y, "fgsm", [0.1])
+    with pytest.raises(ValueError, match="epsilons"):
+        A.robust_accuracy(model, x, y, attack, [])
+    with pytest.raises(ValueError, match="attack must return"):
+        A.robust_accuracy(model, x, y, lambda m, xb, yb, e: xb[:1], [0.1])
+
+
+def test_transfer_success_rate_by_hand():
+    model = _linear_pair()
+    x = torch.tensor([[0.05, 0.05], [0.2, 0.2], [-0.3, -0.3]])
+    y = torch.tensor([0, 0, 1])
+    adv = A.fgsm(model, x, y, 0.15, clamp=None)  # moves s = x0 + x1 by 0.3 towards the other class
+    # s = 0.1 -> -0.2: fooled; s = 0.4 -> 0.1: not fooled; s = -0.6 -> -0.3: not fooled
+    assert A.transfer_success_rate(model, model, x, adv, y) == 1.0
+    constant = nn.Linear(2, 2)
+    with torch.no_grad():
+        constant.weight.zero_()
+        constant.bias.copy_(torch.tensor([1.0, 0.0]))  # always class 0
+    # the only eligible image must be correct for both: the first (class 0); the constant model is not fooled
+    assert A.transfer_success_rate(model, constant, x, adv, y) == 0.0
+    assert torch.isnan(torch.tensor(A.transfer_success_rate(model, model, x, x, y)))  # nothing fooled
+    with pytest.raises(ValueError, match="shape"):
+        A.transfer_success_rate(model, model, x, adv[:2], y)
+
+
+def test_adversarial_training_is_seeded_and_helps():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 4, 4, generator=g)
+    y = (x[:, 0, :2].mean((1, 2)) > x[:, 0, 2:].mean((1, 2))).long()  # top half brighter than the bottom half
+
+    def fresh():
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+
+    attack = lambda m, xb, yb, e: A.pgd(m, xb, yb, e, alpha=e / 2, steps=3)  # noqa: E731
+    a, b = fresh(), fresh()
+    state = torch.get_rng_state()
+    losses = A.adversarial_training(a, (x, y), epochs=3, eps=0.05, alpha=0.025, steps=2, lr=0.05, batch_size=16)
+    assert torch.equal(state, torch.get_rng_state()), "the global RNG is not used"
+    A.adversarial_training(b, (x, y), epochs=3, eps=0.05, alpha=0.025, steps=2, lr=0.05, batch_size=16)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert not a.training
+    assert A.robust_accuracy(a, x, y, attack, [0.05])[0.05] > A.robust_accuracy(fresh(), x, y, attack, [0.05])[0.05]
+    short = fresh()
+    A.adversarial_training(short, (x, y), epochs=1, eps=0.05, alpha=0.025, steps=1, batch_size=16, max_batches=1)
+    with pytest.raises(ValueError, match="epochs"):
+        A.adversarial_training(fresh(), (x, y), epochs=-1, eps=0.05, alpha=0.025, steps=1)
