@@ -32,7 +32,7 @@ def _is_int(value: object) -> bool:
 def train_shapes_classifier(train: Any, val: Any = None, *, epochs: int, lr: float = 2e-3, batch_size: int = 32,
                             seed: int = 0, device: torch.device | str | None = None, desc: str = "",
                             batch_norm: bool = True, global_pool: bool = True, widths: Sequence[int] = (16, 32, 64),
-                            **fit_options: Any) -> tuple[nn.Module, Any]:
+                            dropout: float = 0.0, **fit_options: Any) -> tuple[nn.Module, Any]:
     """Build and train ``small_cnn`` on an ``ImageSet`` (e.g. ``lk.shapes``); returns ``(model, history)``.
 
     The recipe: three conv blocks with batch norm (without it the network can sit at chance for
@@ -41,7 +41,8 @@ def train_shapes_classifier(train: Any, val: Any = None, *, epochs: int, lr: flo
     size 32. Initialization and training run under ``torch.manual_seed(seed)`` inside a forked
     CPU RNG, so the same call gives the same model whatever ran before, and the caller's global
     CPU RNG is not advanced. ``fit_options`` go to ``lk.fit`` (e.g. ``weight_decay``, ``augment``,
-    ``on_epoch_end``). Used in lab 02; meant for lab 06.
+    ``on_epoch_end``). ``dropout``: dropout probability before the last layer (lab 01's regularized
+    scratch model). Used in labs 01 and 02; meant for lab 06.
     """
     from .models import get_model
     from .training import fit
@@ -66,7 +67,7 @@ def train_shapes_classifier(train: Any, val: Any = None, *, epochs: int, lr: flo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = get_model("small_cnn", in_channels=c, num_classes=train.num_classes, widths=tuple(widths),
-                          batch_norm=batch_norm, global_pool=global_pool, input_size=h)
+                          batch_norm=batch_norm, global_pool=global_pool, input_size=h, dropout=dropout)
         history = fit(model, train, val, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                       desc=desc, **fit_options)
     return model, history
