@@ -354,3 +354,17 @@ def test_widget_repr_pattern_catches_reprs() -> None:
     assert _WIDGET_REPR.search("interactive(children=(IntSlider(value=3),))")
     assert _WIDGET_REPR.search("HBox(children=(HTML(value=''),))")
     assert not _WIDGET_REPR.search("an interactive (children's) explorer")
+
+
+def test_student_versions_are_offered_for_download(site: BuiltSite) -> None:
+    """book/labs.html links every lab's student notebook, written into _static/student/."""
+    page = site.html / "book" / "labs.html"
+    hrefs = [u for t, a, u in parse_html(page).links if t == "a"]
+    labs = sorted(p.name for p in (ROOT / "labs").glob("[0-9][0-9]_*.ipynb"))
+    assert labs
+    for name in labs:
+        url = f"../_static/student/{name}"
+        assert url in hrefs, f"book/labs.html does not link {url}"
+        text = (page.parent / url).resolve().read_text()
+        assert "# BEGIN SOLUTION" not in text and "hidden-test" not in text, f"{name}: solutions leak"
+        assert "YOUR CODE HERE" in text, f"{name}: the student version has no exercise to fill"
