@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .hooks import capture, get_layer, preserve_state
 
-__all__ = ["deconv_projection", "top_patches", "receptive_field"]
+__all__ = ["deconv_projection", "top_patches", "receptive_field", "active_fraction", "occlusion_drop_by_mask"]
 
 _SUPPORTED = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
 _SUPPORTED_TEXT = ("a layer inside an nn.Sequential that takes the images as input (e.g. VGG/AlexNet "
@@ -285,4 +285,97 @@ def top_patches(model: nn.Module, data: object, layer: str, channel: int, *, k: 
         "projections": _crop(proj.cpu(), top, left, field.size),
         "receptive_field": field.size,
         "stride": field.stride,
+    }
+
+
+def _images_of(data: object, fn: str) -> Tensor:
+    images = data if isinstance(data, Tensor) else getattr(data, "images", None)
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise TypeError(f"{fn}: data must be an ImageSet or a tensor [N, C, H, W], got {type(data).__name__}")
+    return images
+
+
+def active_fraction(model: nn.Module, data: object, layer: str, *, batch_size: int = 256) -> Tensor:
+    """Per channel of ``layer``, the fraction of (image, position) pairs where its output is > 0.
+
+    Applied to a ReLU output, a channel whose fraction is ~0 is a *dead* unit: it never fires on
+    these images, so it passes no signal forward and receives no gradient (Zeiler & Fergus 2014
+    count such dead first-layer filters). ``data``: an ImageSet or a tensor ``[N, C, H, W]``.
+    Returns a float tensor ``[C]`` on the CPU; the model's mode is restored. Used in lab 05.
+    """
+    fn = "active_fraction"
+    images = _images_of(data, fn)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{fn}: batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(layer, str):
+        raise TypeError(f"{fn}: layer must be a dotted layer name such as 'features.1', got {type(layer).__name__}")
+    get_layer(model, layer)  # unknown names: ValueError listing the valid ones
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else images.device
+    positive, total = None, 0
+    with preserve_state(model), torch.no_grad():
+        model.eval()
+        for start in range(0, len(images), batch_size):
+            with capture(model, layer, detach=True) as cap:
+                model(images[start:start + batch_size].to(device))
+            act = cap.activations[layer]
+            if act.dim() < 2:
+                raise ValueError(f"{fn}: layer {layer!r} must output [B, C, ...], got shape {tuple(act.shape)}")
+            count = (act > 0).transpose(0, 1).flatten(1).sum(1).double().cpu()
+            positive = count if positive is None else positive + count
+            total += act[:, 0].numel()
+    return (positive / max(total, 1)).float()
+
+
+def occlusion_drop_by_mask(model: nn.Module, images: Tensor, masks: Tensor, target: Any = None, *,
+                           window: int, stride: int, baseline: float | Tensor = 0.5, object_min: float = 0.5,
+                           batch_size: int | None = None) -> dict[str, Any]:
+    """Drop of the target-class probability when a grey square hides the object vs the background.
+
+    Runs :func:`labkit.attribution.occlusion` (Zeiler & Fergus 2014, Fig. 7) and compares each
+    window with the true ``masks`` ``[B, H, W]``: a window is an *object* window when at least
+    ``object_min`` of its pixels are object pixels, a *background* window when none are. Returns
+    ``{"drop": [B, H', W'] p(clean) - p(occluded), "coverage": [B, H', W'] object fraction of each
+    window, "probability": [B, H', W'] occluded probabilities, "clean": [B], "object": mean drop over
+    object windows, "background": mean drop over background windows, "n_object", "n_background"}``
+    (tensors on the CPU; a mean over no window is NaN). ``target``: None (predicted class), an int
+    or a 1-D tensor, as for the explainers. Used in lab 05.
+    """
+    from .attribution import occlusion
+
+    fn = "occlusion_drop_by_mask"
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError(f"{fn}: images must be a tensor [B, C, H, W], got {getattr(images, 'shape', type(images))}")
+    if not isinstance(masks, Tensor) or masks.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"{fn}: masks must be a tensor [B, H, W] = {(images.shape[0], *images.shape[2:])} matching "
+                         f"the images, got {getattr(masks, 'shape', type(masks))}")
+    if isinstance(object_min, bool) or not isinstance(object_min, (int, float)) or not 0.0 < object_min <= 1.0:
+        raise ValueError(f"{fn}: object_min must be a fraction in (0, 1], got {object_min!r}")
+    if callable(target):
+        raise TypeError(f"{fn}: target must be None, an int or a 1-D tensor of classes (a probability is compared)")
+    probability = occlusion(model, images, target, window=window, stride=stride, baseline=baseline,
+                            batch_size=batch_size).cpu()
+    with preserve_state(model), torch.no_grad():
+        model.eval()
+        out = torch.softmax(model(images.detach()), dim=1)
+        if target is None:
+            cls = out.argmax(1)
+        elif isinstance(target, Tensor):
+            cls = target.to(out.device).long().view(-1)
+        else:
+            cls = torch.full((len(out),), int(target), dtype=torch.long, device=out.device)
+        clean = out.gather(1, cls[:, None]).squeeze(1).cpu()
+    win, st = _pair(window), _pair(stride)
+    coverage = F.avg_pool2d(masks.detach().float().cpu()[:, None], win, st)[:, 0]
+    coverage = coverage[:, : probability.shape[1], : probability.shape[2]]
+    drop = clean[:, None, None] - probability
+    on_object, on_background = coverage >= object_min, coverage == 0
+    nan = float("nan")
+    return {
+        "drop": drop, "coverage": coverage, "probability": probability, "clean": clean,
+        "object": drop[on_object].mean().item() if on_object.any() else nan,
+        "background": drop[on_background].mean().item() if on_background.any() else nan,
+        "n_object": int(on_object.sum()), "n_background": int(on_background.sum()),
     }

@@ -221,3 +221,52 @@ def test_deconv_on_cuda_matches_cpu():
     assert torch.allclose(gpu_top["projections"], cpu_top["projections"], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="move them"):
         deconv_projection(model, images, "features.5", 2)
+
+
+# --------------------------------------------------------------------------- active_fraction, occlusion_drop_by_mask
+def test_active_fraction_counts_positive_outputs():
+    from labkit.deconv import active_fraction
+
+    conv = nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+        conv.bias.zero_()
+    model = nn.Sequential(conv, nn.ReLU()).train()
+    x = torch.tensor([1.0, -2.0, 3.0, 0.0]).view(1, 1, 2, 2).repeat(3, 1, 1, 1)
+    # channel 0 = relu(x): 2 of 4 positive; channel 1 = relu(-x): 1 of 4 positive
+    frac = active_fraction(model, x, "1", batch_size=2)
+    assert torch.allclose(frac, torch.tensor([0.5, 0.25]))
+    assert model.training  # mode restored
+    with pytest.raises(ValueError, match="batch_size"):
+        active_fraction(model, x, "1", batch_size=0)
+    with pytest.raises(ValueError):
+        active_fraction(model, x, "nope")
+    with pytest.raises(TypeError, match="data"):
+        active_fraction(model, [1, 2], "1")
+
+
+class _Bright(nn.Module):
+    """Two classes: score of class 0 = 10 * mean of the top-left 2x2 pixels; class 1 fixed at 0."""
+
+    def forward(self, x):
+        s = 10 * x[:, 0, :2, :2].mean((1, 2))
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+def test_occlusion_drop_by_mask_hand_example():
+    from labkit.deconv import occlusion_drop_by_mask
+
+    x = torch.zeros(1, 1, 4, 4)
+    x[:, :, :2, :2] = 1.0  # the "object": the top-left quarter
+    masks = x[:, 0] > 0
+    res = occlusion_drop_by_mask(_Bright(), x, masks, 0, window=2, stride=2, baseline=0.0)
+    p_clean = torch.softmax(torch.tensor([10.0, 0.0]), 0)[0]
+    # windows: (0,0) hides the object -> scores (0, 0) -> p = 0.5; the other three change nothing
+    assert res["n_object"] == 1 and res["n_background"] == 3
+    assert abs(res["object"] - (p_clean - 0.5).item()) < 1e-6
+    assert abs(res["background"]) < 1e-6
+    assert res["drop"].shape == (1, 2, 2) and torch.allclose(res["coverage"], torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))
+    with pytest.raises(ValueError, match="masks"):
+        occlusion_drop_by_mask(_Bright(), x, masks[:, :3], 0, window=2, stride=2)
+    with pytest.raises(ValueError, match="object_min"):
+        occlusion_drop_by_mask(_Bright(), x, masks, 0, window=2, stride=2, object_min=0.0)

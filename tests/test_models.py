@@ -194,3 +194,18 @@ def test_mlp_invalid_arguments(kwargs: dict, msg: str) -> None:
 def test_unknown_option_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="widthz"):
         get_model("small_cnn", widthz=(4,))
+
+
+def test_zf_cnn_first_layers_and_names() -> None:
+    for k, s, side in [(11, 4, 2), (7, 2, 4)]:
+        model = get_model("zf_cnn", num_classes=5, first_kernel=k, first_stride=s, widths=(4, 6, 8), hidden=8)
+        conv = model.features[0]
+        assert conv.kernel_size == (k, k) and conv.stride == (s, s)
+        assert isinstance(model.features[1], torch.nn.ReLU) and isinstance(model.features[7], torch.nn.ReLU)
+        assert model.features(torch.rand(2, 3, 64, 64)).shape == (2, 8, side, side)
+        assert model(torch.rand(2, 3, 64, 64)).shape == (2, 5)
+        assert float(model.features[0].bias.detach().abs().sum()) == 0.0  # He init: zero biases
+    with pytest.raises(ValueError, match="init"):
+        get_model("zf_cnn", init="xavier")
+    with pytest.raises(ValueError, match="widths"):
+        get_model("zf_cnn", widths=(4, 6))

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import register_model
 
-__all__ = ["SmallCNN", "MLP"]
+__all__ = ["SmallCNN", "MLP", "ZFNet"]
 
 
 def _check_pos_int(name: str, value: object) -> int:
@@ -90,6 +90,49 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class ZFNet(nn.Module):
+    """AlexNet / Zeiler-Fergus-like CNN without batch norm, with a choice of first layer (lab 05).
+
+    ``features``: conv ``first_kernel`` x ``first_kernel`` stride ``first_stride`` (11/4 as in
+    Krizhevsky et al. 2012, 7/2 as in Zeiler & Fergus 2014) + ReLU + 3x3/2 max-pool, conv 5x5 +
+    ReLU + 3x3/2 max-pool, conv 3x3 + ReLU + 2x2 max-pool; then a global average pool and a
+    two-layer head. No batch norm, so that first-layer units can die as in the paper.
+    ``init="he"`` draws conv and linear weights with Kaiming-normal (He et al. 2015) and zero
+    biases (trains much faster without batch norm than torch's default); ``"default"`` keeps
+    torch's initialization. Layer names: ``features.1/4/7`` are the three ReLU outputs.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, *, widths: Sequence[int] = (32, 48, 64),
+                 hidden: int = 64, first_kernel: int = 7, first_stride: int = 2, init: str = "he") -> None:
+        super().__init__()
+        _check_pos_int("in_channels", in_channels)
+        _check_pos_int("num_classes", num_classes)
+        _check_pos_int("hidden", hidden)
+        _check_pos_int("first_kernel", first_kernel)
+        _check_pos_int("first_stride", first_stride)
+        if len(widths) != 3:
+            raise ValueError(f"widths must give the three conv layers' channels, e.g. (32, 48, 64), got {widths!r}")
+        c1, c2, c3 = (_check_pos_int(f"widths[{i}]", w) for i, w in enumerate(widths))
+        if init not in ("he", "default"):
+            raise ValueError(f"init must be 'he' or 'default', got {init!r}")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, first_kernel, stride=first_stride, padding=first_kernel // 2), nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+            nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c3, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        if init == "he":
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
 @register_model("small_cnn")
 def small_cnn(**kwargs) -> SmallCNN:
     """Small VGG-style CNN for 28-64 px images (labs 00-06); options of :class:`SmallCNN`."""
@@ -108,3 +151,9 @@ def digit_cnn(*, in_channels: int = 1, num_classes: int = 10, **kwargs) -> Small
 def mlp(**kwargs) -> MLP:
     """Multi-layer perceptron on flattened inputs (lab 03's linear argument)."""
     return MLP(**kwargs)
+
+
+@register_model("zf_cnn")
+def zf_cnn(**kwargs) -> ZFNet:
+    """AlexNet/ZF-like CNN for 64 px images, first layer 11x11/4 or 7x7/2 (lab 05); options of :class:`ZFNet`."""
+    return ZFNet(**kwargs)
