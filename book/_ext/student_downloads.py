@@ -14,6 +14,7 @@ from pathlib import Path
 
 from docutils import nodes
 from sphinx.application import Sphinx
+from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
 FOLDER = "_static/student"
@@ -60,7 +61,7 @@ def _write_student_versions(app: Sphinx, exception: Exception | None) -> None:
 
     labs = lab_notebooks(app.srcdir)
     written = write_student_versions(labs, output_dir=Path(app.outdir) / FOLDER)
-    app.builder.info(f"student versions: {len(written)} notebooks in {FOLDER}/")  # type: ignore[attr-defined]
+    logging.getLogger(__name__).info(f"student versions: {len(written)} notebooks in {FOLDER}/")
 
 
 def setup(app: Sphinx) -> dict[str, object]:
