@@ -29,6 +29,7 @@ __all__ = [
     "iou",
     "boundary_f1",
     "pointing_game",
+    "discriminative_pointing",
     "deletion_curve",
     "insertion_curve",
     "auc",
@@ -315,6 +316,35 @@ def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: int = 0) -> tuple[f
     is_max = flat == flat.max(1, keepdim=True).values
     hits = (is_max & ~k.flatten(1)).sum(1) == 0
     hits = hits & valid
+    n = int(valid.sum())
+    rate = hits.sum().item() / n if n else float("nan")
+    return rate, hits
+
+
+def discriminative_pointing(maps: Tensor, masks: Tensor, other_masks: Tensor) -> tuple[float, Tensor]:
+    """Does a class's map point at *its* object rather than at another object in the same image?
+
+    A hit when the map's maximum over ``masks`` (the pixels of the explained class's object) is
+    strictly greater than its maximum over ``other_masks`` (another object's pixels): a two-way
+    pointing game, the class-discrimination test of Selvaraju et al. 2017 on two-object images
+    scored without a human study. A map that ignores the class (the same map for both objects'
+    classes) hits at most one of the two classes of an image, about 0.5 on average; ties (e.g. an
+    all-zero map) are misses. Samples where either mask is empty are left out of the rate and get
+    ``False``. Returns ``(hit_rate, hits [B] bool)``. Used in lab 06.
+    """
+    m = _as_maps(maps)
+    own = _as_masks(masks, "masks")
+    other = _as_masks(other_masks, "other_masks")
+    _same_size(m, own)
+    _same_size(m, other)
+    if bool((own & other).any()):
+        raise ValueError("masks and other_masks overlap; give the two objects' visible pixels, which are disjoint")
+    flat = m.flatten(1)
+    low = torch.finfo(flat.dtype).min
+    on_own = flat.masked_fill(~own.flatten(1), low).max(1).values
+    on_other = flat.masked_fill(~other.flatten(1), low).max(1).values
+    valid = own.flatten(1).any(1) & other.flatten(1).any(1)
+    hits = (on_own > on_other) & valid
     n = int(valid.sum())
     rate = hits.sum().item() / n if n else float("nan")
     return rate, hits

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["train_shapes_classifier", "Normalize", "with_normalization", "centered_gaussian_maps",
-           "cascading_randomization"]
+           "cascading_randomization", "fully_convolutional"]
 
 
 def _is_int(value: object) -> bool:
@@ -210,3 +210,47 @@ def cascading_randomization(model: nn.Module, explainer: Callable[..., Tensor], 
                 m.reset_parameters()
         maps[name] = explainer(work, images, target=target).detach()
     return maps
+
+
+# --------------------------------------------------------------------------- dense outputs
+def fully_convolutional(model: nn.Module) -> nn.Sequential:
+    """A ``small_cnn`` with a global-average-pool head, turned into a dense class-score map.
+
+    Each ``nn.Linear`` of the head becomes the equivalent 1x1 convolution (Long et al. 2015's
+    "convolutionalization"), so the head runs at every position of the last feature map and the
+    new model returns ``[B, K, h, w]`` scores (for 40-px inputs and three blocks, 5x5) instead of
+    ``[B, K]``. Dropout is dropped (it is the identity in eval mode). Layer names are kept:
+    ``"features.<i>"`` for the body, ``"head.<j>"`` for the converted head. The weights are
+    copied, so the caller's model is not touched; the copy is in eval mode on the model's device.
+    Gives a dense output to explain with area Grad-CAM (a callable target that sums a class's
+    scores over a region). Used in lab 06.
+    """
+    from collections import OrderedDict
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
+    if not isinstance(features, nn.Module) or not isinstance(classifier, nn.Sequential) \
+            or not isinstance(getattr(model, "pool", None), nn.AdaptiveAvgPool2d):
+        raise ValueError("model must be a small_cnn built with global_pool=True (features, an adaptive average "
+                         "pool, then a classifier of Flatten/Linear/ReLU/Dropout); e.g. "
+                         "recipes.train_shapes_classifier(...)[0]")
+    head: list[nn.Module] = []
+    for layer in classifier:
+        if isinstance(layer, nn.Linear):
+            conv = nn.Conv2d(layer.in_features, layer.out_features, 1, bias=layer.bias is not None)
+            with torch.no_grad():
+                conv.weight.copy_(layer.weight[:, :, None, None])
+                if layer.bias is not None:
+                    conv.bias.copy_(layer.bias)
+            head.append(conv)
+        elif isinstance(layer, nn.ReLU):
+            head.append(nn.ReLU())
+        elif not isinstance(layer, (nn.Flatten, nn.Dropout)):
+            raise ValueError(f"cannot convert the head layer {type(layer).__name__} to a convolution; "
+                             "the head may hold only Flatten, Linear, ReLU and Dropout")
+    dense = nn.Sequential(OrderedDict(features=copy.deepcopy(features), head=nn.Sequential(*head)))
+    ref = next(model.parameters(), None)
+    if ref is not None:
+        dense = dense.to(ref.device)
+    return dense.eval()

@@ -151,6 +151,42 @@ def test_pointing_game_skips_empty_masks():
         M.pointing_game(torch.rand(2, 2, 2), masks)
 
 
+def test_discriminative_pointing_by_hand():
+    # two objects per 1x4 image: pixel 0 is object A, pixel 3 is object B
+    a = torch.zeros(4, 1, 4, dtype=torch.bool)
+    b = torch.zeros(4, 1, 4, dtype=torch.bool)
+    a[:, 0, 0] = True
+    b[:, 0, 3] = True
+    maps = torch.tensor([[[0.9, 5.0, 0.0, 0.2]],   # peak off both objects, but A > B: hit
+                         [[0.1, 0.0, 0.0, 0.7]],   # B brighter: miss
+                         [[0.0, 0.0, 0.0, 0.0]],   # tie (all zero): miss
+                         [[-1.0, 0.0, 0.0, -2.0]]])  # negative values still compared: hit
+    rate, hits = M.discriminative_pointing(maps, a, b)
+    assert hits.tolist() == [True, False, False, True] and rate == pytest.approx(0.5)
+    # a class-blind map (the same for both classes) hits exactly one class per image without ties
+    same = torch.rand(6, 1, 4, generator=torch.Generator().manual_seed(0))
+    hits_a = M.discriminative_pointing(same, a[:1].expand(6, -1, -1), b[:1].expand(6, -1, -1))[1]
+    hits_b = M.discriminative_pointing(same, b[:1].expand(6, -1, -1), a[:1].expand(6, -1, -1))[1]
+    assert (hits_a ^ hits_b).all()
+
+
+def test_discriminative_pointing_skips_empty_and_validates():
+    maps = torch.rand(2, 3, 3)
+    a = torch.zeros(2, 3, 3, dtype=torch.bool)
+    b = torch.zeros(2, 3, 3, dtype=torch.bool)
+    a[:, 0, 0] = True
+    b[0, 2, 2] = True                      # sample 1 has no second object
+    maps[0, 0, 0], maps[0, 2, 2] = 2.0, 1.0
+    rate, hits = M.discriminative_pointing(maps, a, b)
+    assert hits.tolist() == [True, False] and rate == 1.0
+    with pytest.raises(ValueError, match="overlap"):
+        M.discriminative_pointing(maps, a, a)
+    with pytest.raises(ValueError, match="upsample"):
+        M.discriminative_pointing(torch.rand(2, 2, 2), a, b)
+    with pytest.raises(TypeError, match="boolean"):
+        M.discriminative_pointing(maps, a.float(), b)
+
+
 # --------------------------------------------------------------------------- deletion / insertion
 class _SumModel(nn.Module):
     """Logits [s, 0] with s = 10 * (mean of channel 0 of the left half - 0.5)."""

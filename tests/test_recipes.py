@@ -164,3 +164,43 @@ def test_cascading_randomization_layers_and_errors():
         R.cascading_randomization(net, saliency, x, layers="0")
     with pytest.raises(ValueError, match="no layer with parameters"):
         R.cascading_randomization(nn.Sequential(nn.Flatten()), saliency, x)
+
+
+# --------------------------------------------------------------------------- fully_convolutional
+def test_fully_convolutional_runs_the_head_at_every_position():
+    torch.manual_seed(0)
+    from labkit.models import get_model
+
+    model = get_model("small_cnn", num_classes=3, widths=(4, 8), hidden=5, batch_norm=True, dropout=0.5).eval()
+    x = torch.rand(2, 3, 16, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dense = R.fully_convolutional(model)
+    out = dense(x)
+    assert out.shape == (2, 3, 4, 4) and not dense.training
+    # every position is the classifier applied to that position's feature vector
+    feats = model.features(x)
+    for i, j in [(0, 0), (1, 3), (3, 2)]:
+        expected = model.classifier(feats[:, :, i:i + 1, j:j + 1])
+        assert torch.allclose(out[:, :, i, j], expected, atol=1e-5)
+    # with a single linear head, the mean of the dense map is the logits (pooling commutes)
+    lin = get_model("small_cnn", num_classes=3, widths=(4,), hidden=5).eval()
+    lin.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    assert torch.allclose(R.fully_convolutional(lin)(x).mean((2, 3)), lin(x), atol=1e-5)
+    # names are kept, the caller's model is untouched and shares nothing
+    assert "features.0" in dict(dense.named_modules()) and "head.0" in dict(dense.named_modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(p.data_ptr() == q.data_ptr() for p in dense.parameters() for q in model.parameters())
+
+
+def test_fully_convolutional_validates():
+    from labkit.models import get_model
+
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        R.fully_convolutional("model")
+    with pytest.raises(ValueError, match="global_pool=True"):
+        R.fully_convolutional(get_model("small_cnn", num_classes=3, widths=(4,), global_pool=False, input_size=8))
+    odd = get_model("small_cnn", num_classes=3, widths=(4,))
+    odd.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3))
+    with pytest.raises(ValueError, match="BatchNorm1d"):
+        R.fully_convolutional(odd)
+
