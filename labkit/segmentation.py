@@ -1,0 +1,396 @@
+"""Semantic segmentation helpers of lab 08 (FCN, Long, Shelhamer & Darrell 2015).
+
+- :func:`train_segmentation`: per-pixel cross-entropy training of a dense model (an ``lk``
+  :class:`~labkit.models.segmentation.FCN`, or any model returning ``[B, K, H, W]`` scores); with
+  ``freeze_encoder=True`` the encoder's features are computed once and only the head is trained.
+- :func:`predict_segmentation`, :func:`evaluate_segmentation`: label maps and the paper's scores
+  (pixel accuracy, mean accuracy, mean IU, frequency-weighted IU) from one confusion matrix over
+  the whole set, plus the boundary F1 score of ``lk.boundary_f1`` and the per-class IoU.
+- :func:`segment_target`: a callable target ``f(output) -> [B]`` (the summed score of a class
+  over a region) for area Grad-CAM / saliency on a dense output (``lk.grad_cam(..., target=...)``).
+- :func:`label_to_rgb`: colour a label map for display; :func:`photo_scenes`: ``lk.scenes`` objects
+  composited on crops of real photographs (BSDS500, Arbelaez et al. 2011) for the real-data mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .device import get_device
+from .models.segmentation import (FCN, EncoderClassifier, ResNetEncoder, TorchvisionEncoder, VGGEncoder,
+                                  bilinear_kernel, bilinear_upsampler)
+from .metrics import boundary_f1, confusion_matrix, segmentation_scores
+from .training import progress_mode
+
+__all__ = ["SegHistory", "train_segmentation", "predict_segmentation", "evaluate_segmentation", "segment_target",
+           "label_to_rgb", "photo_scenes", "per_class_iou", "SEGMENTATION_PALETTE",
+           # the models (defined in labkit.models.segmentation), re-exported as lk.FCN, lk.bilinear_kernel, ...
+           "FCN", "VGGEncoder", "ResNetEncoder", "TorchvisionEncoder", "EncoderClassifier", "bilinear_kernel",
+           "bilinear_upsampler"]
+
+#: Colours of the label maps: background black, then one colour per class (cycled beyond 12).
+SEGMENTATION_PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.0, 0.0, 0.0), (0.90, 0.10, 0.10), (0.10, 0.70, 0.10), (0.15, 0.35, 0.95), (0.95, 0.80, 0.10),
+    (0.85, 0.20, 0.85), (0.10, 0.80, 0.85), (0.95, 0.55, 0.10), (0.55, 0.35, 0.15), (0.60, 0.60, 0.60),
+    (0.55, 0.85, 0.45), (0.45, 0.20, 0.60),
+)
+
+
+@dataclass
+class SegHistory:
+    """Per-epoch curves of :func:`train_segmentation` (validation scores when ``val`` is given)."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_pixel_accuracy: list[float] = field(default_factory=list)
+    val_mean_iou: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_loss)
+
+    def last(self, key: str = "val_mean_iou") -> float:
+        values = getattr(self, key)
+        if not values:
+            raise ValueError(f"SegHistory has no {key} values (was validation data given?)")
+        return values[-1]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- argument checks
+def _images_masks(data: Any, name: str) -> tuple[Tensor, Tensor]:
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        images, masks = data
+    elif hasattr(data, "images") and hasattr(data, "masks"):
+        images, masks = data.images, data.masks
+    else:
+        raise TypeError(f"{name} must be an ImageSet with class masks (e.g. lk.scenes(...)) or an (images, masks) pair, "
+                        f"got {type(data).__name__}")
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError(f"{name}: images must be a [N, C, H, W] tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+    if not isinstance(masks, Tensor) or masks.dtype.is_floating_point or masks.dtype == torch.bool:
+        raise TypeError(f"{name}: masks must be an int64 label map [N, H, W] (0 = background), "
+                        f"got {getattr(masks, 'dtype', type(masks).__name__)}")
+    if masks.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"{name}: masks must be [N, H, W] = {(images.shape[0], *images.shape[2:])}, "
+                         f"got {tuple(masks.shape)}")
+    return images, masks.long()
+
+
+def _pos_int(name: str, value: object, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _device_of(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return get_device(device) if isinstance(device, str) else device
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _num_classes(model: nn.Module, masks: Tensor, num_classes: int | None) -> int:
+    if num_classes is not None:
+        return _pos_int("num_classes", num_classes)
+    k = getattr(model, "num_classes", None)
+    if isinstance(k, int):
+        return k
+    return int(masks.max()) + 1
+
+
+# --------------------------------------------------------------------------- training
+def train_segmentation(model: nn.Module, train: Any, val: Any = None, *, epochs: int, lr: float = 1e-3,
+                       batch_size: int = 32, weight_decay: float = 0.0, freeze_encoder: bool = True,
+                       scheduler: str | None = "cosine", class_weights: Tensor | None = None,
+                       device: torch.device | str | None = None, seed: int = 0, desc: str = "") -> SegHistory:
+    """Train a dense classifier with the per-pixel cross-entropy (Adam); returns a :class:`SegHistory`.
+
+    ``train`` / ``val``: ImageSets with int64 class masks (``lk.scenes``) or ``(images, masks)``.
+    ``freeze_encoder=True`` (needs ``model.encoder`` and ``model.decode``, as in ``lk``'s FCN)
+    trains only the head: the encoder runs once, in eval mode, and its features are cached, which
+    makes a head's epoch cost almost nothing; the encoder's ``requires_grad`` flags are restored
+    afterwards. ``False`` fine-tunes everything, as the paper does. ``scheduler="cosine"`` anneals
+    the rate to 0. Seeded in a forked RNG (the same call gives the same model; the caller's RNG is
+    left alone). The model ends in eval mode. Used in lab 08.
+    """
+    _pos_int("epochs", epochs, minimum=0)
+    _pos_int("batch_size", batch_size)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive float, got {lr!r}")
+    if scheduler not in (None, "cosine"):
+        raise ValueError(f"scheduler must be None or 'cosine', got {scheduler!r}")
+    if not isinstance(freeze_encoder, bool):
+        raise TypeError(f"freeze_encoder must be True or False, got {freeze_encoder!r}")
+    if freeze_encoder and not (hasattr(model, "encoder") and hasattr(model, "decode")):
+        raise ValueError("freeze_encoder=True needs a model with .encoder and .decode(features) (an lk FCN); "
+                         "pass freeze_encoder=False to train the whole model")
+    images, masks = _images_masks(train, "train")
+    dev = _device_of(model, device)
+    model.to(dev)
+    weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=dev)
+    history = SegHistory()
+    mode = progress_mode()
+    saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            inputs = val_inputs = None
+            if val is not None:
+                val_images, val_masks = _images_masks(val, "val")
+                k = _num_classes(model, masks, None)
+            if freeze_encoder:
+                for p in model.encoder.parameters():
+                    p.requires_grad_(False)
+                inputs = _encode(model, images, dev)
+                if val is not None:
+                    val_inputs = _encode(model, val_images, dev)
+            params = [p for p in model.parameters() if p.requires_grad]
+            if not params:
+                raise ValueError("the model has no trainable parameters")
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+            n = images.shape[0]
+            steps = epochs * ((n + batch_size - 1) // batch_size)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps)) if scheduler else None
+            gen = torch.Generator().manual_seed(seed)
+            h, w = images.shape[-2:]
+            for epoch in range(epochs):
+                t0 = time.perf_counter()
+                model.train()
+                if freeze_encoder:
+                    model.encoder.eval()  # batch-norm statistics of the pretrained encoder stay fixed
+                order = torch.randperm(n, generator=gen)
+                loss_sum = 0.0
+                for start in range(0, n, batch_size):
+                    idx = order[start:start + batch_size]
+                    y = masks[idx].to(dev)
+                    if freeze_encoder:
+                        out = model.decode([f[idx].to(dev) for f in inputs])[..., :h, :w]
+                    else:
+                        out = model(images[idx].to(dev))
+                    loss = F.cross_entropy(out, y, weight=weights)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if sched is not None:
+                        sched.step()
+                    loss_sum += float(loss.detach()) * len(idx)
+                history.train_loss.append(loss_sum / n)
+                line = f"train loss {history.train_loss[-1]:.3f}"
+                if val is not None:
+                    if val_inputs is not None:  # the head on the cached validation features
+                        pred = _decode_labels(model, val_inputs, val_images.shape[-2:], dev)
+                        scores = segmentation_scores(confusion_matrix(pred, val_masks, k))
+                    else:
+                        scores = evaluate_segmentation(model, (val_images, val_masks), num_classes=k, device=dev,
+                                                       boundary=False)
+                    history.val_pixel_accuracy.append(scores["pixel_accuracy"])
+                    history.val_mean_iou.append(scores["mean_iou"])
+                    line += f" | val pixel acc {scores['pixel_accuracy']:.3f} mean IoU {scores['mean_iou']:.3f}"
+                history.seconds.append(time.perf_counter() - t0)
+                if mode != "none" and (mode == "plain" or epoch == epochs - 1):
+                    print(f"{desc + ': ' if desc else ''}epoch {epoch + 1}/{epochs}  {line}", flush=True)
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(saved_flags.get(name, p.requires_grad))
+        model.eval()
+    return history
+
+
+@torch.no_grad()
+def _encode(model: nn.Module, images: Tensor, dev: torch.device, batch_size: int = 128) -> list[Tensor]:
+    """The encoder's features of all images (padded to multiples of 32), eval mode, on the CPU."""
+    was = model.encoder.training
+    model.encoder.eval()
+    try:
+        h, w = images.shape[-2:]
+        ph, pw = (-h) % 32, (-w) % 32
+        chunks: list[list[Tensor]] = []
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size].to(dev)
+            if ph or pw:
+                x = F.pad(x, (0, pw, 0, ph))
+            chunks.append([f.cpu() for f in model.encoder(x)])
+    finally:
+        model.encoder.train(was)
+    return [torch.cat(parts) for parts in zip(*chunks)]
+
+
+@torch.no_grad()
+def _decode_labels(model: nn.Module, features: list[Tensor], size: Sequence[int], dev: torch.device,
+                   batch_size: int = 128) -> Tensor:
+    was = model.training
+    model.eval()
+    try:
+        h, w = size
+        out = [model.decode([f[s:s + batch_size].to(dev) for f in features])[..., :h, :w].argmax(1).cpu()
+               for s in range(0, features[0].shape[0], batch_size)]
+    finally:
+        model.train(was)
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- prediction and scores
+@torch.no_grad()
+def predict_segmentation(model: nn.Module, images: Tensor, *, batch_size: int = 64,
+                         device: torch.device | str | None = None, scores: bool = False) -> Tensor:
+    """Label maps ``[N, H, W]`` (int64, on the CPU) of a dense model, or its scores ``[N, K, H, W]``
+    with ``scores=True``. Eval mode for the call (the mode is restored). Used in lab 08."""
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be a [N, C, H, W] tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+    _pos_int("batch_size", batch_size)
+    dev = _device_of(model, device)
+    was = model.training
+    model.eval()
+    outs = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            out = model(images[start:start + batch_size].to(dev)).float()
+            outs.append(out.cpu() if scores else out.argmax(1).cpu())
+    finally:
+        model.train(was)
+    return torch.cat(outs)
+
+
+def per_class_iou(confusion: Tensor) -> Tensor:
+    """IoU of each class ``[K]`` from a confusion matrix (rows true); NaN for a class absent from
+    both the truth and the prediction. Used in lab 08."""
+    if not isinstance(confusion, Tensor) or confusion.dim() != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError("confusion must be a square [K, K] tensor (see lk.confusion_matrix)")
+    cm = confusion.double()
+    diag = cm.diagonal()
+    union = cm.sum(0) + cm.sum(1) - diag
+    return torch.where(union > 0, diag / union.clamp_min(1), torch.full_like(diag, float("nan"))).float()
+
+
+def evaluate_segmentation(model: nn.Module, data: Any, *, num_classes: int | None = None, batch_size: int = 64,
+                          tolerance: int = 1, boundary: bool = True,
+                          device: torch.device | str | None = None) -> dict[str, Any]:
+    """Long et al. 2015's scores of ``model`` on ``data`` (one confusion matrix over all pixels).
+
+    Returns ``pixel_accuracy``, ``mean_accuracy``, ``mean_iou``, ``fw_iou``, ``class_iou`` (``[K]``),
+    ``confusion`` and, with ``boundary=True``, ``boundary_f1`` (mean over images of
+    ``lk.boundary_f1`` with ``tolerance`` pixels). Used in lab 08.
+    """
+    images, masks = _images_masks(data, "data")
+    k = _num_classes(model, masks, num_classes)
+    pred = predict_segmentation(model, images, batch_size=batch_size, device=device)
+    cm = confusion_matrix(pred, masks, k)
+    out: dict[str, Any] = dict(segmentation_scores(cm))
+    out["class_iou"] = per_class_iou(cm)
+    out["confusion"] = cm
+    if boundary:
+        out["boundary_f1"] = boundary_f1(pred, masks, tolerance=tolerance, reduction="mean")
+    return out
+
+
+# --------------------------------------------------------------------------- explanation target
+def segment_target(class_index: int, region: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """A target ``f(output) -> [B]``: the score of class ``class_index`` summed over ``region``.
+
+    ``region``: a boolean (or 0/1) mask ``[H, W]`` or ``[B, H, W]`` (e.g. the predicted pixels of
+    a segment); ``None`` sums over the whole image. Pass it as ``target=`` to ``lk.grad_cam`` or
+    ``lk.saliency`` to explain a segment of a dense output (area Grad-CAM). Used in labs 06, 08.
+    """
+    if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)) or class_index < 0:
+        raise ValueError(f"class_index must be an int >= 0, got {class_index!r}")
+    k = int(class_index)
+    if region is not None:
+        if not isinstance(region, Tensor) or region.dim() not in (2, 3):
+            raise ValueError("region must be a mask tensor [H, W] or [B, H, W], got "
+                             f"{tuple(region.shape) if isinstance(region, Tensor) else type(region).__name__}")
+        region = region.detach().float()
+
+    def target(output: Tensor) -> Tensor:
+        if not isinstance(output, Tensor) or output.dim() != 4:
+            raise ValueError(f"segment_target needs dense scores [B, K, H, W], got "
+                             f"{tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__}")
+        if k >= output.shape[1]:
+            raise ValueError(f"class_index={k} is out of range for {output.shape[1]} classes")
+        s = output[:, k]
+        if region is None:
+            return s.sum((1, 2))
+        r = region.to(s.device)
+        if r.shape[-2:] != s.shape[-2:]:
+            raise ValueError(f"region is {tuple(r.shape[-2:])} but the output is {tuple(s.shape[-2:])}")
+        return (s * r).sum((1, 2))
+
+    return target
+
+
+# --------------------------------------------------------------------------- display and data
+def label_to_rgb(labels: Tensor, *, palette: Sequence[Sequence[float]] = SEGMENTATION_PALETTE) -> Tensor:
+    """RGB images ``[N, 3, H, W]`` (or ``[3, H, W]``) of label maps, coloured by ``palette``. Lab 08."""
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.dim() not in (2, 3):
+        raise ValueError("labels must be an integer label map [H, W] or [N, H, W]")
+    pal = torch.tensor([list(c) for c in palette], dtype=torch.float32)
+    rgb = pal[labels.long().cpu() % len(pal)]  # [..., H, W, 3]
+    return rgb.movedim(-1, -3).contiguous()
+
+
+def _bsds_paths(root: Path, split: str) -> list[Path]:
+    from .storage import DataNotFoundError
+
+    folder = root / "BSDS500" / "images" / split
+    paths = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
+    if not paths:
+        raise DataNotFoundError(
+            "BSDS500", [folder / "*.jpg"],
+            "lab 08's real mode composites shapes on BSDS500 photos. Copy them from the course mirror: "
+            f"`mkdir -p {root}/BSDS500 && cp -r ../shared/datasets/BSDS500/images {root}/BSDS500/` "
+            "or set LABKIT_DATA to a copy of the mirror.")
+    return paths
+
+
+def photo_scenes(n: int = 500, *, size: int = 64, seed: int = 0, split: str = "train",
+                 root: str | os.PathLike | None = None, **scene_options: Any) -> Any:
+    """``lk.scenes`` whose background pixels (class 0) are replaced by random crops of BSDS500 photos.
+
+    Real photographs as clutter (Arbelaez et al. 2011, the course mirror's ``BSDS500/images/<split>``);
+    the objects, masks and labels are those of ``lk.scenes(n, size=size, seed=seed, **scene_options)``.
+    Crops cover 40-100 % of the photo's shorter side, resized to ``size``. Lab 08's real-data mode.
+    """
+    from .datasets import scenes
+    from .storage import data_root
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    base = scenes(n, size=size, seed=seed, **scene_options)
+    paths = _bsds_paths(Path(root) if root is not None else data_root(), split)
+    rng = np.random.default_rng(seed + 7919)
+    from PIL import Image
+
+    pick = rng.integers(0, len(paths), n)
+    photos = torch.empty(n, 3, size, size)
+    cache: dict[int, Tensor] = {}
+    for i, j in enumerate(pick.tolist()):
+        if j not in cache:
+            with Image.open(paths[j]) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            cache[j] = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        img = cache[j]
+        hh, ww = img.shape[-2:]
+        side = int(min(hh, ww) * rng.uniform(0.4, 1.0))
+        top, left = int(rng.integers(0, hh - side + 1)), int(rng.integers(0, ww - side + 1))
+        crop = img[:, top:top + side, left:left + side][None]
+        photos[i] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    images = torch.where((base.masks == 0)[:, None], photos.clamp(0, 1), base.images)
+    out = copy.copy(base)
+    out.images = images
+    out.name = f"photo_scenes-{split}"
+    return out
