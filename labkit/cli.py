@@ -58,7 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             res = run_lab(path, profile=args.profile, data=args.data, seed=args.seed,
                           parameters=dict(args.param or []), output_dir=args.output_dir,
-                          in_place=args.in_place, cell_timeout=args.timeout, log_output=args.verbose)
+                          in_place=args.in_place, cell_timeout=args.timeout or None, log_output=args.verbose)
         except Exception as exc:  # report, keep going with the other labs
             failed += 1
             first = str(exc).strip().splitlines()
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another parameter of the lab's parameters cell (e.g. -p WEIGHTS=random)")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--in-place", action="store_true", help="overwrite the lab notebooks with the executed ones")
-    p.add_argument("--timeout", type=int, default=None, help="per-cell time limit in seconds")
+    p.add_argument("--timeout", type=int, default=900,  # = runner.DEFAULT_CELL_TIMEOUT
+                   help="per-cell time limit in seconds (default %(default)s; 0: none)")
     p.add_argument("-v", "--verbose", action="store_true", help="stream the notebook's output")
     p.set_defaults(func=_cmd_run)
 

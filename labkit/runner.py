@@ -123,16 +123,23 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+# No cell of a lab needs more than a few minutes, even on a loaded 2-core machine.
+DEFAULT_CELL_TIMEOUT = 900
+
+
 def run_lab(lab: str | os.PathLike, *, profile: str = "standard", data: str = "embedded",
             seed: int | None = None, parameters: dict[str, Any] | None = None,
             output_dir: str | os.PathLike | None = None, in_place: bool = False,
-            cell_timeout: int | None = None, kernel: str = "python3", progress: str = "plain",
-            log_output: bool = False) -> dict[str, Any]:
+            cell_timeout: int | None = DEFAULT_CELL_TIMEOUT, kernel: str = "python3",
+            progress: str = "plain", log_output: bool = False) -> dict[str, Any]:
     """Execute one lab with papermill; returns the results dict also written to ``LAB.results.json``.
 
     Exactly one of ``output_dir`` and ``in_place`` must be given. Parameters equal to the
     notebook's defaults are not injected, so an in-place standard run leaves no injected cell.
     A failing lab raises ``papermill.PapermillExecutionError`` after writing what it produced.
+    ``cell_timeout`` (seconds, ``None`` for no limit) bounds every cell: two runs under heavy
+    load were seen waiting forever at a widget cell with an idle kernel, and a bounded wait
+    turns such a stall into an error that names the cell.
     """
     import nbformat
     import papermill as pm
