@@ -87,6 +87,8 @@ def clean_notebook(nb: Any) -> Any:
 
     ``hidden-test`` cells get the ``remove-cell`` tag, so the site does not show them.
 
+    Consecutive stream outputs of one cell (stdout, or stderr) are merged: how the kernel's
+    prints are split into messages depends on timing, and re-runs must not churn.
     Execution counts stay (they are 1..n for a top-to-bottom run, hence stable).
     """
     nb.metadata.pop("papermill", None)
@@ -104,6 +106,10 @@ def clean_notebook(nb: Any) -> Any:
             data = out.get("data", {})
             if WIDGET_MIME in data:
                 continue  # the lab shows a static figure beside every widget
+            if (out.get("output_type") == "stream" and kept and kept[-1].get("output_type") == "stream"
+                    and kept[-1].get("name") == out.get("name")):
+                kept[-1]["text"] = "".join(kept[-1]["text"]) + "".join(out["text"])
+                continue
             kept.append(out)
         cell.outputs = kept
     return nb

@@ -136,3 +136,19 @@ def test_console_script_installed():
     assert exe.exists(), "the labkit console script is not installed (pip install -e .)"
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "run" in proc.stdout
+
+
+def test_clean_notebook_merges_split_streams():
+    """A cell's prints may arrive as one or several stream messages; the committed form is one."""
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print('a'); print('b')")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="a\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="b\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="w\n"),
+                    nbformat.v4.new_output("execute_result", data={"text/plain": "1"}, execution_count=1),
+                    nbformat.v4.new_output("stream", name="stdout", text="c\n")]
+    nb.cells = [cell]
+    out = runner.clean_notebook(nb).cells[0].outputs
+    assert [(o.output_type, o.get("name"), o.get("text")) for o in out] == [
+        ("stream", "stdout", "a\nb\n"), ("stream", "stderr", "w\n"), ("execute_result", None, None),
+        ("stream", "stdout", "c\n")]
