@@ -37,6 +37,7 @@ __all__ = [
     "randomization_test",
     "psnr",
     "mask_share",
+    "top_pixel_share",
     "threshold_mask",
 ]
 
@@ -596,6 +597,40 @@ def mask_share(maps: Tensor, masks: Tensor) -> Tensor:
     total = m.flatten(1).sum(1).double()
     inside = (m * k).flatten(1).sum(1).double()
     return torch.where(total > 0, inside / total.clamp_min(1e-300), torch.zeros_like(total)).float()
+
+
+def top_pixel_share(maps: Tensor, masks: Tensor, *, k: int | None = None) -> Tensor:
+    """Share of each map's ``k`` highest pixels that lie inside the mask, ``[B]``.
+
+    Where :func:`mask_share` measures the attribution *mass* on a region, this measures where a
+    map's peak is, which is what a reader of a heat map sees: with ``k`` equal to the region's
+    size (the default: each image's own mask size) it is 1 when the brightest pixels are exactly
+    the region, and the region's area fraction for a map that ignores it (in expectation, for a
+    random map). ``maps`` ``[B, H, W]`` or ``[B, C, H, W]`` (absolute values summed over
+    channels); ties are broken by position, as in :func:`threshold_mask`; an image with an empty
+    mask and ``k=None`` gets 0. Used for the spurious-cue experiment in lab 02.
+    """
+    m = _as_maps(maps, reduce_channels=True).abs()
+    region = _as_masks(masks, "masks")
+    _same_size(m, region)
+    b = m.shape[0]
+    flat, inside = m.reshape(b, -1), region.reshape(b, -1)
+    n_pix = flat.shape[1]
+    if k is None:
+        ks = inside.sum(1)
+    else:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"k must be an int (a number of pixels) or None (the mask's size), got {k!r}")
+        if not 1 <= k <= n_pix:
+            raise ValueError(f"k must lie in 1..{n_pix} (the pixels of one map), got {k}; use k=None for the "
+                             "mask's own size")
+        ks = torch.full((b,), k, dtype=torch.long, device=flat.device)
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    hits = inside.gather(1, order).float()
+    rank = torch.arange(n_pix, device=flat.device).expand(b, -1)
+    top = (rank < ks[:, None]).float()
+    counted = (hits * top).sum(1)
+    return torch.where(ks > 0, counted / ks.clamp_min(1).float(), torch.zeros_like(counted))
 
 
 def threshold_mask(maps: Tensor, *, fraction: float | None = None, quantile: float | None = None) -> Tensor:

@@ -322,12 +322,34 @@ def test_mask_share_and_threshold_mask():
         M.threshold_mask(torch.rand(2, 3, 4, 4), fraction=0.1)
 
 
+def test_top_pixel_share():
+    maps = torch.tensor([[[1.0, -3.0], [0.0, 4.0]], [[0.5, 0.0], [2.0, 0.0]]])
+    masks = torch.tensor([[[False, True], [False, True]], [[True, False], [False, False]]])
+    # image 0: the 2 highest |values| are 4 and -3, both in its 2-pixel mask; image 1: the top pixel
+    # (2.0) is outside its 1-pixel mask
+    assert M.top_pixel_share(maps, masks).tolist() == [1.0, 0.0]
+    assert M.top_pixel_share(maps, masks, k=3).tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert M.top_pixel_share(maps, masks, k=4).tolist() == pytest.approx([2 / 4, 1 / 4])  # the area
+    # channels summed in absolute value: the same as the single-channel map
+    assert M.top_pixel_share(torch.stack([maps, -maps], 1), masks).tolist() == [1.0, 0.0]
+    # ties broken by position: a constant map picks the first pixels
+    one = torch.tensor([[[True, False], [False, False]]])
+    assert M.top_pixel_share(torch.ones(1, 2, 2), one).tolist() == [1.0]
+    # an empty mask scores 0 (k=None), never NaN
+    assert M.top_pixel_share(maps[:1], torch.zeros(1, 2, 2, dtype=torch.bool)).tolist() == [0.0]
+    with pytest.raises(ValueError, match="k must lie in 1..4"):
+        M.top_pixel_share(maps, masks, k=5)
+    with pytest.raises(TypeError, match="k must be an int"):
+        M.top_pixel_share(maps, masks, k=1.5)
+
+
 def test_metrics_do_not_modify_inputs():
     maps = torch.rand(2, 4, 4)
     masks = torch.rand(2, 4, 4) > 0.5
     m0, k0 = maps.clone(), masks.clone()
     M.threshold_mask(maps, fraction=0.3)
     M.mask_share(maps, masks)
+    M.top_pixel_share(maps, masks)
     M.pointing_game(maps, masks, tolerance=1)
     M.iou(masks, masks)
     assert torch.equal(maps, m0) and torch.equal(masks, k0)

@@ -190,6 +190,26 @@ def test_plot_bars() -> None:
     assert not P.plot_bars({"a": 1.0}, annotate=False).axes[0].texts
 
 
+def test_plot_bars_grouped_with_reference() -> None:
+    values = {"saliency": {"clean": 0.1, "biased": 0.4}, "IG": {"clean": 0.2, "biased": 0.6}}
+    fig = P.plot_bars(values, reference=(0.05, "cue area"))
+    ax = fig.axes[0]
+    # series by series: clean (saliency, IG), then biased (saliency, IG), side by side in each group
+    assert [round(p.get_height(), 2) for p in ax.patches] == [0.1, 0.2, 0.4, 0.6]
+    xs = [p.get_x() for p in ax.patches]
+    assert xs[0] < xs[2] < xs[1] < xs[3]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cue area", "clean", "biased"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["saliency", "IG"]
+    assert ax.lines[0].get_ydata()[0] == 0.05
+    # a series missing from a group leaves a gap, not an error or a label "nan"
+    fig = P.plot_bars({"a": {"x": 1.0}, "b": {"y": 2.0}})
+    assert [t.get_text() for t in fig.axes[0].texts] == ["1.00", "2.00"]
+    with pytest.raises(TypeError, match="every name"):
+        P.plot_bars({"a": 1.0, "b": {"x": 2.0}})
+    with pytest.raises(ValueError, match="non-empty"):
+        P.plot_bars({})
+
+
 def test_plot_filters() -> None:
     fig = P.plot_filters(torch.rand(10, 3, 5, 5), ncols=4, title="conv1")
     assert len(fig.axes) == 12 and _n_images(fig) == 10
