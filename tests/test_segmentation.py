@@ -240,3 +240,7 @@ def test_photo_scenes(mirror_root):
     assert not torch.equal(data.images, ref.images)
     with pytest.raises(FileNotFoundError, match="BSDS500"):
         lk.photo_scenes(2, size=32, root=mirror_root / "nowhere")
+    # lab 08's real-data mode (standard and full profiles) draws 128-px scenes
+    big = lk.photo_scenes(3, size=128, seed=1, root=mirror_root, classes=["circle", "square"], objects=(1, 2))
+    assert big.images.shape == (3, 3, 128, 128) and big.masks.shape == (3, 128, 128)
+    assert torch.equal(big.masks, lk.scenes(3, size=128, seed=1, classes=["circle", "square"], objects=(1, 2)).masks)

@@ -264,8 +264,8 @@ def _paint(images: Tensor, alpha: Tensor, rng: np.random.Generator, shading: flo
 
 
 # --------------------------------------------------------------------------- argument checks
-def _check_size(size: object) -> int:
-    return check_int("size", size, low=32, high=64, hint=" (the embedded shapes are 32..64 px)")
+def _check_size(size: object, *, high: int = 64) -> int:
+    return check_int("size", size, low=32, high=high, hint=f" (this generator draws 32..{high} px images)")
 
 
 def _check_n(n: object) -> int:
@@ -462,11 +462,12 @@ def scenes(n: int = 500, *, size: int = 64, seed: int = 0, classes: Sequence[str
     later-drawn objects occlude earlier ones. ``masks`` is ``[N, H, W]`` int64 with 0 for the
     background and ``k + 1`` for ``classes[k]``; ``labels`` is the class of the largest visible
     object; ``info["present"]`` ``[N, K]`` bool says which classes have visible pixels (exactly
-    ``(masks == k + 1).any()``) and ``info["count"]`` how many objects were drawn.
+    ``(masks == k + 1).any()``) and ``info["count"]`` how many objects were drawn. ``size`` may go
+    up to 128 (lab 08's real-data mode draws 128-px scenes for ImageNet encoders).
     Used in lab 08 (segmentation) and lab 06 (class-discriminative Grad-CAM on two objects).
     """
     n = _check_n(n)
-    size = _check_size(size)
+    size = _check_size(size, high=128)
     names = _resolve_classes(classes)
     background = _check_background(background)
     scale = check_range("scale", scale, low=0.05, high=1.0)
