@@ -38,7 +38,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import lab_path, list_labs, run_lab
+    from .runner import failure_message, lab_path, list_labs, run_lab
 
     if args.all == bool(args.labs):
         print("labkit run: name the labs to run, or pass --all (not both)", file=sys.stderr)
@@ -61,8 +61,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                           in_place=args.in_place, cell_timeout=args.timeout or None, log_output=args.verbose)
         except Exception as exc:  # report, keep going with the other labs
             failed += 1
-            first = str(exc).strip().splitlines()
-            print(f"  FAILED: {type(exc).__name__}: {first[-1] if first else ''}", file=sys.stderr)
+            where = path if args.in_place else Path(args.output_dir) / path.name
+            print(failure_message(exc, where), file=sys.stderr)
             continue
         checks = res["checks"]
         bad = [c["name"] for c in checks if not c["passed"]]

@@ -133,6 +133,27 @@ def _env(**values: str) -> Iterator[None]:
 DEFAULT_CELL_TIMEOUT = 900
 
 
+def failure_message(exc: BaseException, notebook: str | os.PathLike | None = None) -> str:
+    """What ``labkit run`` prints when a lab stops: the error's whole message, not a traceback.
+
+    A lab that stops on purpose (missing weights or data) raises an error whose message says
+    what to do over several lines; all of them are kept, indented under a ``FAILED`` line that
+    names the failing cell. Used by the command line (all labs).
+    """
+    import papermill as pm
+
+    if isinstance(exc, pm.PapermillExecutionError):
+        head = f"  FAILED at cell In [{exc.exec_count}] with {exc.ename}:"
+        body = str(exc.evalue).strip()
+    else:
+        head = f"  FAILED with {type(exc).__name__}:"
+        body = str(exc).strip()
+    lines = [head] + ["    " + line for line in body.splitlines()]
+    if notebook is not None:
+        lines.append(f"  (the notebook as far as it ran: {notebook})")
+    return "\n".join(lines)
+
+
 def run_lab(lab: str | os.PathLike, *, profile: str = "standard", data: str = "embedded",
             seed: int | None = None, parameters: dict[str, Any] | None = None,
             output_dir: str | os.PathLike | None = None, in_place: bool = False,

@@ -16,7 +16,7 @@ import pytest
 from labkit import runner
 
 LABS = [name for name, _ in runner.list_labs()]
-IMAGENET_LABS = {"01", "02", "03", "04", "05", "06"}  # labs with a WEIGHTS parameter
+IMAGENET_LABS = {"01", "02", "03", "04", "05", "06", "08"}  # labs with a WEIGHTS parameter
 
 
 def _nb(name: str):
@@ -37,8 +37,10 @@ def test_structure(lab: str):
     params = runner.read_parameters(runner.lab_path(lab))
     assert {"PROFILE", "DATA", "SEED"} <= set(params), f"parameters cell has {sorted(params)}"
     assert params["PROFILE"] == "standard" and params["DATA"] == "embedded"
-    if lab[:2] in IMAGENET_LABS and lab[:2] != "00":
-        assert "WEIGHTS" in params
+    if lab[:2] in IMAGENET_LABS:
+        assert params["WEIGHTS"] == "imagenet", "labs on an ImageNet model default to WEIGHTS='imagenet'"
+    else:
+        assert "WEIGHTS" not in params, "a lab with a WEIGHTS parameter belongs in IMAGENET_LABS"
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# Lab ")
@@ -101,6 +103,32 @@ def test_smoke_real_data(lab: str, tmp_path: Path, mirror_root: Path, monkeypatc
     extra = {"WEIGHTS": "random"} if "WEIGHTS" in params else {}
     res = _run(lab, tmp_path, data="real", parameters=extra)
     assert res["meta"]["data"] == "real"
+
+
+@pytest.mark.parametrize("lab", [lab for lab in LABS if lab[:2] in IMAGENET_LABS])
+def test_real_data_without_imagenet_weights_stops_with_one_message(
+        lab: str, tmp_path: Path, mirror_root: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]):
+    """DATA="real" with the default WEIGHTS="imagenet" and nothing cached: the lab stops at the
+    first cell that needs the weights with WeightsNotFoundError, whose message says what to do."""
+    from labkit import cli
+
+    assert runner.read_parameters(runner.lab_path(lab))["WEIGHTS"] == "imagenet"
+    monkeypatch.setenv("LABKIT_DATA", str(mirror_root))  # the mirror holds no weights/ folder
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    out = tmp_path / "out"
+    assert cli.main(["run", lab, "--profile", "smoke", "--data", "real", "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED at cell" in err and "WeightsNotFoundError" in err
+    for part in ("ImageNet weights for", "not found: no file", "curl -L", 'WEIGHTS = "random"',
+                 str(tmp_path / "torch-home")):
+        assert part in err, f"{part!r} missing from what labkit run printed:\n{err}"
+    nb = nbformat.read(out / runner.lab_path(lab).name, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "error"]
+    assert [e.ename for e in errors] == ["WeightsNotFoundError"]
+    res = json.loads((out / f"{lab}.results.json").read_text())
+    assert res["meta"]["status"] == "error" and res["meta"]["parameters"]["WEIGHTS"] == "imagenet"
 
 
 def test_sanitize_file_covers_volatile_text():

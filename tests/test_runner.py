@@ -125,6 +125,23 @@ def test_cli_usage_errors(labs: Path, tmp_path: Path, capsys: pytest.CaptureFixt
         cli.main(["run", "42", "--profile", "turbo", "--output-dir", str(tmp_path)])
 
 
+def test_cli_prints_the_whole_error_of_a_failing_lab(labs: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]):
+    cells = LAB_CELLS + [("code", "raise FileNotFoundError('no file x.pth in /a, /b\\n  run: curl x\\nor use WEIGHTS=1')", [])]
+    make_lab(labs, "44_stops", cells=cells)
+    assert cli.main(["run", "44", "42", "--profile", "smoke", "--output-dir", str(tmp_path / "o")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "  FAILED at cell In [6] with FileNotFoundError:",  # 4 cells + the injected parameters
+        "    no file x.pth in /a, /b",
+        "      run: curl x",
+        "    or use WEIGHTS=1",
+        f"  (the notebook as far as it ran: {tmp_path / 'o' / '44_stops.ipynb'})",
+    ]
+    assert "1/1 checks passed" in captured.out  # the other lab still ran
+    assert runner.failure_message(ValueError("bad\nvalue")) == "  FAILED with ValueError:\n    bad\n    value"
+
+
 def test_cli_data_reports_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert cli.main(["data", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
