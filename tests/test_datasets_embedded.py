@@ -204,6 +204,26 @@ def test_glyph_digits_deterministic_and_varied():
     assert a.info["font"].unique().numel() > 5 and a.info["font"].max() < len(GLYPH_FONTS)
 
 
+def test_glyph_bank_is_cached_on_disk_and_equal_to_a_fresh_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
+    path = _glyphs._bank_file()
+    assert path.parent == tmp_path / "cache" and not path.exists()
+    _glyphs._bank.cache_clear()
+    try:
+        fresh = _glyphs._bank()  # computed, then written
+        assert path.exists() and not list(path.parent.glob(".*.tmp"))
+        _glyphs._bank.cache_clear()
+        loaded = _glyphs._bank()  # read back
+        assert torch.equal(loaded[0], fresh[0]) and loaded[0].dtype == torch.float32
+        for a, b in zip(loaded[1:], fresh[1:]):
+            assert isinstance(a, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+        path.write_bytes(b"not a torch file")  # a damaged cache is computed again and replaced
+        _glyphs._bank.cache_clear()
+        assert torch.equal(_glyphs._bank()[0], fresh[0]) and path.stat().st_size > 1000
+    finally:
+        _glyphs._bank.cache_clear()
+
+
 def test_glyph_digits_photo_domain_is_mnist_m_recipe(monkeypatch):
     plain = glyph_digits(20, seed=3)
     photo = glyph_digits(20, seed=3, domain="photo")

@@ -49,30 +49,54 @@ def test_normalize_map() -> None:
 
 # --- image grids --------------------------------------------------------------------------------
 
-def test_show_images_grid_titles_and_axes() -> None:
+def test_show_images_is_one_picture_with_the_images_in_a_grid_and_titles_above() -> None:
     imgs = torch.rand(5, 3, 8, 8)
     fig = P.show_images(imgs, [f"t{i}" for i in range(5)], ncols=3, suptitle="five")
     assert isinstance(fig, Figure)
-    assert len(fig.axes) == 6  # a 2 x 3 grid, the last cell empty
-    assert _n_images(fig) == 5
-    assert [ax.get_title() for ax in fig.axes[:5]] == ["t0", "t1", "t2", "t3", "t4"]
+    assert len(fig.axes) == 1 and _n_images(fig) == 1 and not fig.axes[0].axison
+    canvas = np.asarray(fig.axes[0].images[0].get_array())
+    # 1.4-inch images of 8 px: a gap of round(0.1 / (1.4 / 8)) = 1 px, a title band of round(0.16 / 0.175) = 1 px
+    band, gap = 1, 1
+    assert canvas.shape == (2 * (band + 8 + gap) - gap, 3 * (8 + gap) - gap, 3)
+    for i in range(5):
+        r, c = divmod(i, 3)
+        y, x = r * (band + 8 + gap) + band, c * (8 + gap)
+        assert np.allclose(canvas[y:y + 8, x:x + 8], imgs[i].permute(1, 2, 0).numpy())
+    assert canvas[-8:, -8:].min() == 1.0  # the sixth cell is empty (white)
+    texts = fig.axes[0].texts
+    assert [t.get_text() for t in texts] == ["t0", "t1", "t2", "t3", "t4"]
+    assert texts[4].get_position()[0] == pytest.approx((8 + gap) + 4)  # centred over its image
     assert fig._suptitle.get_text() == "five"
-    assert all(not ax.axison for ax in fig.axes)
+    assert fig.get_figwidth() == pytest.approx(canvas.shape[1] * 1.4 / 8)
 
 
 def test_show_images_clips_or_normalizes() -> None:
     img = torch.full((1, 1, 2, 2), 2.0)
     img[0, 0, 0, 0] = -1.0
-    clipped = P.show_images(img).axes[0].images[0].get_array()
+    clipped = np.asarray(P.show_images(img).axes[0].images[0].get_array())
     assert clipped.min() == 0.0 and clipped.max() == 1.0
-    normed = P.show_images(img, normalize=True).axes[0].images[0].get_array()
+    normed = np.asarray(P.show_images(img, normalize=True).axes[0].images[0].get_array())
     assert normed.tolist() == [[0.0, 1.0], [1.0, 1.0]]
 
 
 def test_show_images_accepts_a_list_of_greyscale_arrays() -> None:
     fig = P.show_images([np.zeros((4, 4)), np.ones((4, 4))])
-    assert len(fig.axes) == 2 and _n_images(fig) == 2
-    assert fig.axes[0].images[0].get_cmap().name == "gray"
+    assert _n_images(fig) == 1 and fig.axes[0].images[0].get_cmap().name == "gray"
+    canvas = np.asarray(fig.axes[0].images[0].get_array())
+    assert canvas.ndim == 2 and canvas[:, :4].max() == 0.0 and canvas[:, -4:].min() == 1.0
+
+
+def test_show_images_mixes_sizes_and_channels() -> None:
+    grey = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    fig = P.show_images([torch.zeros(3, 8, 8), grey, torch.ones(1, 2, 8)], cmap="viridis")
+    canvas = np.asarray(fig.axes[0].images[0].get_array())
+    assert canvas.ndim == 3 and canvas.shape[0] == 8  # RGB, the cell of the largest image
+    gap = 1
+    tile = canvas[:, 8 + gap:16 + gap]  # the 4x4 map scaled to 8x8 and coloured by viridis
+    assert np.allclose(tile[0, 0], plt.get_cmap("viridis")(0.0)[:3], atol=0.02)
+    wide = canvas[:, 2 * (8 + gap):]  # ones [2, 8] scaled to fit 8x8: a 2-row band of viridis(1) on white
+    assert np.allclose(wide[3:5], plt.get_cmap("viridis")(1.0)[:3], atol=1e-5)
+    assert np.allclose(wide[:3], 1.0) and np.allclose(wide[5:], 1.0)
 
 
 def test_show_images_input_errors() -> None:
@@ -80,36 +104,60 @@ def test_show_images_input_errors() -> None:
         P.show_images(torch.zeros(0, 3, 4, 4))
     with pytest.raises(ValueError, match="titles has 1 entries for 2 images"):
         P.show_images(torch.zeros(2, 3, 4, 4), ["only one"])
+    with pytest.raises(ValueError, match="ncols must be a positive int"):
+        P.show_images(torch.zeros(2, 3, 4, 4), ncols=0)
+    with pytest.raises(ValueError, match=r"images\[0\] must be"):
+        P.show_images(torch.zeros(1, 2, 4, 4))
 
 
 # --- heatmaps -----------------------------------------------------------------------------------
+
+def _tile(fig: Figure, row: int, col: int, h: int, w: int, size: float = 1.6) -> np.ndarray:
+    """Tile (row, col) of a one-picture grid with one-line titles, ``size`` inches per image."""
+    canvas = np.asarray(fig.axes[0].images[0].get_array())
+    inch = size / w
+    gap, band = max(1, round(0.1 / inch)), round(0.16 / inch)
+    y, x = row * (band + h + gap) + band, col * (w + gap)
+    return canvas[y:y + h, x:x + w]
+
 
 def test_show_heatmaps_layout() -> None:
     images = torch.rand(3, 3, 8, 8)
     maps = {"saliency": torch.rand(3, 8, 8), "gradcam": torch.rand(3, 2, 2)}
     fig = P.show_heatmaps(images, maps, row_titles=["a", "b", "c"])
-    assert len(fig.axes) == 3 * 3
-    assert _n_images(fig) == 3 + 3 * 2 * 2  # column 0 one image; overlays two images each
-    assert [fig.axes[j].get_title() for j in range(3)] == ["a", "saliency", "gradcam"]
-    assert fig.axes[3].get_title() == "b"
-    # the 2x2 Grad-CAM map is resized to the 8x8 image
-    assert fig.axes[2].images[1].get_array().shape == (8, 8)
+    assert len(fig.axes) == 1 and _n_images(fig) == 1
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts[:3] == ["a", "saliency", "gradcam"] and texts[3] == "b" and texts[4:6] == ["", ""]
+    assert np.allclose(_tile(fig, 1, 0, 8, 8), images[1].permute(1, 2, 0).numpy())
+    # the 2x2 Grad-CAM map is resized to the 8x8 image and blended in with alpha 0.5
+    assert np.allclose(_tile(fig, 2, 2, 8, 8), P.overlay_rgb(images[2], maps["gradcam"][2]))
+
+
+def test_overlay_rgb_blends_like_overlay() -> None:
+    img = torch.rand(1, 4, 4)
+    hm = torch.tensor([[0.0, 1.0], [2.0, 2.0]])
+    out = P.overlay_rgb(img, hm, alpha=0.3, cmap="gray")
+    heat = P._heat(P.to_numpy_image(img), hm)
+    assert out.shape == (4, 4, 3) and heat.min() == 0.0 and heat.max() == 1.0
+    assert np.allclose(out[..., 1], 0.7 * img[0].numpy() + 0.3 * heat, atol=1.01 / 255)  # 256-entry colormap
 
 
 def test_show_heatmaps_single_tensor_and_no_overlay() -> None:
     fig = P.show_heatmaps(torch.rand(2, 1, 6, 6), torch.rand(2, 6, 6))
-    assert len(fig.axes) == 4 and fig.axes[1].get_title() == "map"
-    fig = P.show_heatmaps(torch.rand(2, 3, 6, 6), {"m": np.random.rand(2, 6, 6), "rgb": torch.rand(2, 3, 6, 6)},
-                          overlay_maps=False)
-    assert _n_images(fig) == 2 * 3
-    assert fig.axes[1].images[0].get_cmap().name == "gray"
+    assert [t.get_text() for t in fig.axes[0].texts] == ["", "map", "", ""]
+    maps = {"m": np.random.rand(2, 6, 6), "rgb": torch.rand(2, 3, 6, 6)}
+    fig = P.show_heatmaps(torch.rand(2, 3, 6, 6), maps, overlay_maps=False)
+    assert _n_images(fig) == 1
+    m = P.normalize_map(maps["m"][1])
+    assert np.allclose(_tile(fig, 1, 1, 6, 6), np.repeat(m[..., None], 3, axis=2), atol=1.01 / 255)  # grey
 
 
 def test_show_heatmaps_column0_uses_a_fixed_scale() -> None:
     dark = torch.full((1, 1, 4, 4), 0.1)
     dark[..., 0, 0] = 0.2
     fig = P.show_heatmaps(dark, torch.rand(1, 4, 4))
-    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)  # a dark image is shown dark
+    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)
+    assert np.allclose(_tile(fig, 0, 0, 4, 4), np.repeat(dark[0, 0].numpy()[..., None], 3, axis=2), atol=1.01 / 255)  # dark
 
 
 def test_show_heatmaps_input_errors() -> None:
@@ -212,10 +260,14 @@ def test_plot_bars_grouped_with_reference() -> None:
 
 def test_plot_filters() -> None:
     fig = P.plot_filters(torch.rand(10, 3, 5, 5), ncols=4, title="conv1")
-    assert len(fig.axes) == 12 and _n_images(fig) == 10
-    assert fig.axes[0].images[0].get_array().shape == (5, 5, 3)
+    assert len(fig.axes) == 1 and _n_images(fig) == 1 and fig._suptitle.get_text() == "conv1"
+    canvas = np.asarray(fig.axes[0].images[0].get_array())
+    gap = 1  # 0.8-inch tiles of 5 px
+    assert canvas.shape == (3 * (5 + gap) - gap, 4 * (5 + gap) - gap, 3)
+    assert canvas[:5, :5].min() == 0.0 and canvas[:5, :5].max() == 1.0  # each filter normalized on its own
     deep = P.plot_filters(torch.rand(2, 6, 3, 3))  # more than 3 input channels: averaged
-    assert deep.axes[0].images[0].get_array().shape == (3, 3)
+    tile = np.asarray(deep.axes[0].images[0].get_array())
+    assert tile.ndim == 2 and tile.shape[0] == 3
     with pytest.raises(ValueError, match=r"weight must be \[out, in, k, k\]"):
         P.plot_filters(torch.rand(4, 3, 3))
 

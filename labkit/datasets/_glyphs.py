@@ -16,7 +16,10 @@ fitted into a 20 x 20 box and centred by its centre of mass in 28 x 28, as MNIST
 
 from __future__ import annotations
 
+import hashlib
+import os
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -264,9 +267,7 @@ def _font_bases(font_name: str) -> tuple[Tensor, np.ndarray, np.ndarray, np.ndar
             np.asarray(weights, dtype=np.float64), np.asarray(outline), np.asarray(widths))
 
 
-@lru_cache(maxsize=1)
-def _bank() -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """All fonts' base fields stacked: fields, digit, font index, weight, outline flag and width of each."""
+def _compute_bank() -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     parts = [_font_bases(f) for f in GLYPH_FONTS]
     fields = torch.cat([p[0] for p in parts])
     digits = np.concatenate([p[1] for p in parts])
@@ -275,6 +276,52 @@ def _bank() -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.
     outline = np.concatenate([p[3] for p in parts])
     widths = np.concatenate([p[4] for p in parts])
     return fields, digits, fonts, weights, outline, widths
+
+
+_BANK_KEYS = ("fields", "digits", "fonts", "weights", "outline", "widths")
+
+
+def _bank_file() -> Path:
+    """Where the bank is cached: ``data_root()/cache/glyph_bank-KEY.pt``.
+
+    KEY hashes this module's source, the font list and the versions of the libraries that draw
+    and measure the glyphs: any change to them computes (and caches) a new bank.
+    """
+    from importlib.metadata import version
+
+    from ..storage import data_root
+
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    libs = [version(name) for name in ("numpy", "scipy", "scikit-image", "pillow", "matplotlib")]
+    h.update(repr((GLYPH_FONTS, libs)).encode())
+    return data_root() / "cache" / f"glyph_bank-{h.hexdigest()[:16]}.pt"
+
+
+@lru_cache(maxsize=1)
+def _bank() -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All fonts' base fields stacked: fields, digit, font index, weight, outline flag and width of each.
+
+    Computing them takes 1.5 s on a laptop core (skeletons, distance transforms), once per process;
+    the result is kept on disk (``_bank_file``) so that a new kernel loads it in milliseconds. An
+    unreadable or unwritable cache is not an error: the bank is then computed.
+    """
+    path = _bank_file()
+    try:
+        saved = torch.load(path, weights_only=True)
+        return (saved["fields"].float(),) + tuple(saved[k].numpy() for k in _BANK_KEYS[1:])  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001 - absent, partial or foreign file: compute it
+        pass
+    bank = _compute_bank()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: torch.as_tensor(v) for k, v in zip(_BANK_KEYS, bank)}, tmp)
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
+    except OSError:
+        pass  # a read-only data root: compute the bank in every process
+    finally:
+        tmp.unlink(missing_ok=True)
+    return bank
 
 
 def _smooth_field(rng: np.random.Generator, n: int, channels: int, grid: int, size: int) -> Tensor:
