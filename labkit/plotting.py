@@ -62,7 +62,7 @@ def show_images(images: torch.Tensor | Sequence[Any], titles: Sequence[str] | No
     """A grid of images (``[N,C,H,W]`` tensor or a list), optionally titled; ``size`` inches per image.
 
     Drawn as ONE picture on one axes with the titles as text (every lab): one subplot per
-    image made the figures of a smoke run cost seconds (a 48-image grid: 0.85 s against 0.1 s).
+    image made the figures of a smoke run cost seconds (a 48-image grid: 0.85 s against 0.2 s).
     Images of other sizes than the largest are scaled to fit its cell; one-channel images are
     coloured by ``cmap`` (clipped to [0, 1], or each scaled to [0, 1] with ``normalize=True``).
     """
