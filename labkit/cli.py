@@ -1,4 +1,4 @@
-"""The ``labkit`` command: ``list``, ``run``, ``data``, ``student``, ``grade``, ``book``."""
+"""The ``labkit`` command: ``list``, ``run``, ``reference``, ``data``, ``student``, ``grade``, ``book``."""
 
 from __future__ import annotations
 
@@ -99,6 +99,68 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reference(args: argparse.Namespace) -> int:
+    """Run each lab's standard profile over seeds 1..N (reusing results already in the work folder)
+    and write labs/reference/LAB.json; or, with --report, print the spread table of the files."""
+    import json
+
+    from . import reference as R
+    from .runner import code_digest, failure_message, lab_path, list_labs, run_lab
+
+    labs = [n for n, _ in list_labs()] if args.all or not args.labs else args.labs
+    try:
+        paths = [lab_path(lab) for lab in labs]
+    except ValueError as exc:
+        print(f"labkit reference: {exc}", file=sys.stderr)
+        return 2
+    if args.report:
+        refs = []
+        for path in paths:
+            try:
+                refs.append(R.load_reference(path.stem))
+            except R.ReferenceFileError as exc:
+                print(f"labkit reference: {exc}", file=sys.stderr)
+                return 1
+        print(R.spread_table(refs))
+        return 0
+    if args.seeds < 2:
+        print(f"labkit reference: --seeds must be at least 2 (a spread needs two runs), got {args.seeds}", file=sys.stderr)
+        return 2
+    work = Path(args.work_dir)
+    failed = 0
+    for path in paths:
+        # Seeds 1..N: seed 0, every lab's default, stays out of the reference, so that the tests' run of
+        # the committed notebook is a fresh draw against the bands.
+        folders = [work / f"seed{s}" for s in range(1, args.seeds + 1)]
+        for seed, folder in enumerate(folders, start=1):
+            done = R.read_runs(path.stem, [folder])
+            if done and done[0]["meta"].get("profile") == "standard" and done[0]["meta"].get("seed") == seed:
+                made_by = done[0]["meta"].get("code_sha256")
+                note = "" if made_by == code_digest(path) else (
+                    " (made by another version of the lab's code: delete it to run it again)" if made_by
+                    else " (made before runs recorded their code version)")
+                print(f"{path.stem} seed {seed}: reusing {folder / (path.stem + '.results.json')}{note}", flush=True)
+                continue
+            print(f"{path.stem} seed {seed}: running the standard profile ...", flush=True)
+            try:
+                res = run_lab(path, profile="standard", data="embedded", seed=seed, output_dir=folder)
+            except Exception as exc:  # report, keep going with the other labs
+                print(failure_message(exc, folder / path.name), file=sys.stderr)
+                failed += 1
+                break
+            print(f"  done in {res['meta']['wall_time_s']:.1f} s", flush=True)
+        else:
+            runs = R.read_runs(path.stem, folders)
+            ref = R.make_reference(path.stem, runs)
+            out = Path(args.output_dir) if args.output_dir else R.reference_dir()
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{path.stem}.json").write_text(json.dumps(ref, indent=1) + "\n")
+            numbers = [e for e in ref["values"].values() if e["kind"] == "number"]
+            print(f"{path.stem}: {len(ref['values'])} values ({len(numbers)} numbers) over seeds {ref['seeds']} "
+                  f"-> {out / (path.stem + '.json')}")
+    return 1 if failed else 0
+
+
 def _cmd_book(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parents[1]
     exe = Path(sys.executable).with_name("jupyter-book")
@@ -132,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="data root (default: $LABKIT_DATA or the user cache)")
     p.add_argument("--from-mirror", default=None, metavar="DIR", help="copy a data set mirror (e.g. ../shared/datasets) into the data root")
     p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("reference", help="measure each lab's recorded values over seeds and write labs/reference/LAB.json")
+    p.add_argument("labs", nargs="*", help="lab names (default: every lab)")
+    p.add_argument("--all", action="store_true", help="every lab (the default when none is named)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 1..N of the standard profile (default %(default)s; seed 0, the labs' default, is what the tests run)")
+    p.add_argument("--work-dir", default="out/reference",
+                   help="where the runs go, one folder per seed; runs already there are reused (default %(default)s)")
+    p.add_argument("--output-dir", default=None, help="where the reference files go (default labs/reference)")
+    p.add_argument("--report", action="store_true", help="print the spread table of the existing reference files")
+    p.set_defaults(func=_cmd_reference)
 
     p = sub.add_parser("book", help="build the site from the committed notebooks (same as `make site`)")
     p.set_defaults(func=_cmd_book)

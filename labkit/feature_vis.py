@@ -212,11 +212,14 @@ def class_visualization(model: nn.Module, target: int | Sequence[int] | Tensor, 
                         clip_percentile: float = 0.0, init: Tensor | None = None, seed: int = 0,
                         mean: Sequence[float] | Tensor | None = None, std: Sequence[float] | Tensor | None = None,
                         clamp: tuple[float, float] | None = (0.0, 1.0), callback: Callable | None = None,
-                        return_history: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                        return_history: bool = False, objective: str = "score") -> Tensor | tuple[Tensor, Tensor]:
     """Simonyan et al. 2014's class model: ``argmax_x S_c(x) - l2 * ||x - ref||^2`` by gradient ascent.
 
     ``S_c`` is the pre-softmax score of class ``target`` (an int, or several classes: one image
-    each). Each step is ``x += lr * g / ||g||`` (per image, CS231n). Yosinski et al. 2015's
+    each). ``objective="log_softmax"`` ascends ``log p_c = S_c - log sum_k exp S_k`` instead: it also
+    pushes the other classes' scores down, so a class whose parts another class shares still ends
+    as the top class (Simonyan et al. keep the raw score, whose images show the class's evidence
+    rather than the evidence against the others). Each step is ``x += lr * g / ||g||`` (per image, CS231n). Yosinski et al. 2015's
     regularizers, each disabled by 0: ``blur_every`` steps a Gaussian blur of ``blur_sigma``
     pixels; ``jitter``: the image is rolled by up to that many pixels before each forward pass
     (the gradient flows back through the roll, so it is undone); ``clip_percentile``: pixels whose
@@ -232,16 +235,20 @@ def class_visualization(model: nn.Module, target: int | Sequence[int] | Tensor, 
     """
     classes = _classes(target, "target")
     n = len(classes)
+    if objective not in ("score", "log_softmax"):
+        raise ValueError(f"objective must be 'score' (Simonyan's S_c) or 'log_softmax' (log p_c), got {objective!r}")
 
-    def objective(x: Tensor) -> Tensor:
+    def goal(x: Tensor) -> Tensor:
         out = model(x)
         if out.dim() != 2:
             raise ValueError(f"class_visualization needs a classifier with [B, K] outputs, got {tuple(out.shape)}")
         if classes.max() >= out.shape[1] or classes.min() < 0:
             raise ValueError(f"target classes must lie in [0, {out.shape[1]}), got {classes.tolist()}")
+        if objective == "log_softmax":
+            out = torch.log_softmax(out, dim=1)
         return out.gather(1, classes.to(out.device)[:, None])[:, 0]
 
-    return _ascent(model, objective, n, shape=shape, steps=steps, lr=lr, l2=l2, blur_every=blur_every,
+    return _ascent(model, goal, n, shape=shape, steps=steps, lr=lr, l2=l2, blur_every=blur_every,
                    blur_sigma=blur_sigma, jitter=jitter, clip_percentile=clip_percentile, init=init, seed=seed,
                    mean=mean, std=std, clamp=clamp, callback=callback, return_history=return_history)
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["labs_dir", "list_labs", "lab_path", "run_lab", "clean_notebook", "read_parameters"]
+__all__ = ["labs_dir", "list_labs", "lab_path", "run_lab", "clean_notebook", "read_parameters", "code_digest"]
 
 _LAB_FILE = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -80,6 +80,17 @@ def read_parameters(path: Path) -> dict[str, Any]:
             except ValueError:
                 pass
     return values
+
+
+def code_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a notebook's code cells (sources only): which version of a lab produced a run."""
+    import hashlib
+
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    code = "\n\x00".join(c.source for c in nb.cells if c.cell_type == "code")
+    return hashlib.sha256(code.encode()).hexdigest()
 
 
 def clean_notebook(nb: Any) -> Any:
@@ -218,6 +229,7 @@ def run_lab(lab: str | os.PathLike, *, profile: str = "standard", data: str = "e
         "lab": src.stem, "profile": profile, "data": data, "seed": params.get("SEED"),
         "parameters": {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool))},
         "wall_time_s": round(wall, 2), "labkit": __version__, "torch": torch.__version__,
+        "code_sha256": code_digest(src),
         "status": "error" if error else "ok",
     })
     tmp = results_file.with_suffix(".json.tmp")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -218,3 +220,22 @@ def test_activation_maximization_of_a_head_unit_behind_a_non_sequential_forward(
     assert img.shape == (2, 1, 8, 8) and (h[:, -1] > h[:, 0]).all()
     with torch.no_grad():  # the history is the unit's value on the final images
         assert torch.allclose(net(img)[[0, 1], [0, 2]], h[:, -1], atol=1e-5)
+
+
+def test_log_softmax_objective_beats_a_class_that_shares_the_evidence():
+    """Two pixels; class 0 scores x1 + x2, class 1 scores 3 x1. Ascending S_0 drives both pixels to 1,
+    where S_1 = 3 > S_0 = 2 (p_0 = 1 / (1 + e) = 0.27); ascending log p_0 drives x1 to 0 and x2 to 1,
+    where S_0 = 1 > S_1 = 0 (p_0 = e / (1 + e) = 0.73)."""
+    lin = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 1.0], [3.0, 0.0]]))
+    model = torch.nn.Sequential(torch.nn.Flatten(), lin).eval()
+    kw = dict(shape=(1, 1, 2), steps=60, lr=0.1, l2=0.0, seed=0)
+    score = class_visualization(model, 0, **kw)
+    logp = class_visualization(model, 0, objective="log_softmax", **kw)
+    assert torch.allclose(score.flatten(), torch.tensor([1.0, 1.0]))
+    assert torch.allclose(logp.flatten(), torch.tensor([0.0, 1.0]))
+    p = lambda x: torch.softmax(model(x), 1)[0, 0].item()  # noqa: E731
+    assert p(score) == pytest.approx(1 / (1 + math.e), abs=1e-6) and p(logp) == pytest.approx(math.e / (1 + math.e), abs=1e-6)
+    with pytest.raises(ValueError, match="objective must be 'score'.*got 'softmax'"):
+        class_visualization(model, 0, objective="softmax", **kw)

@@ -1,7 +1,11 @@
-"""Every lab follows the course conventions and runs: smoke profile on embedded and on real data.
+"""Every lab follows the course conventions and runs: smoke profile on real data, no typed results.
 
-The standard-profile outputs committed in ``labs/`` are re-executed and compared by nbval
-(``# NBVAL_CHECK_OUTPUT`` cells; see ``tests/sanitize.cfg``), which pytest collects from ``labs/``.
+The committed notebooks in ``labs/`` are re-executed once each (standard profile, embedded data)
+by nbval, which pytest collects from ``labs/``: the ``# NBVAL_CHECK_OUTPUT`` cells (outputs that do
+not depend on training) are compared exactly, and the item that ``conftest.py`` adds after each
+notebook checks its lk.check results and its recorded values against ``labs/reference/LAB.json``.
+That run also covers what a smoke run on embedded data would (the same code, the same checks), and
+the grading tests run every lab's smoke profile on embedded data once more, in the sandbox.
 """
 
 from __future__ import annotations
@@ -89,20 +93,14 @@ def _run(lab: str, tmp_path: Path, **kw):
 
 
 @pytest.mark.parametrize("lab", LABS)
-def test_smoke_embedded(lab: str, tmp_path: Path):
-    res = _run(lab, tmp_path)
-    assert res["meta"]["status"] == "ok" and res["records"]
-    saved = json.loads((tmp_path / f"{lab}.results.json").read_text())
-    assert saved["meta"]["profile"] == "smoke"
-
-
-@pytest.mark.parametrize("lab", LABS)
 def test_smoke_real_data(lab: str, tmp_path: Path, mirror_root: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LABKIT_DATA", str(mirror_root))
     params = runner.read_parameters(runner.lab_path(lab))
     extra = {"WEIGHTS": "random"} if "WEIGHTS" in params else {}
     res = _run(lab, tmp_path, data="real", parameters=extra)
-    assert res["meta"]["data"] == "real"
+    assert res["meta"]["data"] == "real" and res["records"]
+    saved = json.loads((tmp_path / f"{lab}.results.json").read_text())
+    assert saved["meta"]["profile"] == "smoke"
 
 
 @pytest.mark.parametrize("lab", [lab for lab in LABS if lab[:2] in IMAGENET_LABS])
@@ -134,3 +132,64 @@ def test_real_data_without_imagenet_weights_stops_with_one_message(
 def test_sanitize_file_covers_volatile_text():
     text = (Path(__file__).parent / "sanitize.cfg").read_text()
     assert re.search(r"regex:", text)
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_lab_names_itself_and_has_a_reference(lab: str):
+    """``lk.setup(..., lab=NAME)`` lets narration quote spreads; the reference file loads and was
+    made from the standard profile on embedded data (the band check itself runs after nbval's run)."""
+    from labkit import reference
+
+    setup = [c.source for c in _nb(lab).cells if c.cell_type == "code" and "lk.setup(" in c.source]
+    assert setup and f'lab="{lab}"' in setup[0], f"{lab}: the setup call must pass lab=\"{lab}\""
+    ref = reference.load_reference(lab)
+    assert ref["lab"] == lab and ref["profile"] == "standard" and ref["data"] == "embedded"
+    assert len(ref["seeds"]) >= 5 and 0 not in ref["seeds"], "seed 0 (what the tests run) stays out of the reference"
+
+
+# Decimal literals that markdown cells may contain: settings and published figures, never a result
+# of the run (results are printed, or written into Markdown by the code that computes them).
+ALLOWED_DECIMALS: dict[str, dict[str, str]] = {
+    "01_transfer": {"0.5": "dropout probability", "2.4": "512 * 512 * 9 weights of a VGG16 conv layer, in millions"},
+    "02_saliency": {"1.5": "blur sigma of the maps (pixels)"},
+    "03_adversarial": {"0.2": "largest epsilon", "0.02": "L2 step of the targeted attack", "2.5": "PGD step factor",
+                       "0.1": "epsilon of the transfer / explorer settings", "0.15": "epsilon of adversarial training"},
+    "04_class_visualization": {"0.25": "high-frequency cutoff (cycles per pixel)", "0.5": "Nyquist / grey / blur sigma"},
+    "06_gradcam": {"1.0": "distractor probability argument", "0.5": "hit rate of a class-blind map"},
+    "07_vae": {"1.44": "1/ln 2, bits per nat", "0.1": "pixel error of the worked example",
+               "0.01": "its cost in nats", "0.4": "noise level of the denoising VAE"},
+    "09_dann": {"52.25": "Ganin & Lempitsky 2015, source only", "76.66": "Ganin & Lempitsky 2015, DANN",
+                "95.96": "Ganin & Lempitsky 2015, train on target", "0.9": "momentum / pseudo-label confidence",
+                "0.3": "lambda_max", "0.05": "initial learning rate", "10.0": "gamma / alpha of the schedules",
+                "0.01": "mu0 of the schedule", "0.75": "beta of the schedule"},
+    "10_gan": {"0.5": "Adam beta1", "0.999": "Adam beta2", "0.1": "chance accuracy of ten classes"},
+}
+_DECIMAL = re.compile(r"(?<![\w.\-/])\d*\.\d+(?![\w.])")
+
+
+def decimals_in_markdown(nb) -> dict[str, list[int]]:
+    """Decimal literals of the notebook's markdown cells (URLs left out), with the cells they are in."""
+    found: dict[str, list[int]] = {}
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            for m in _DECIMAL.finditer(re.sub(r"https?://\S+", "", cell.source)):
+                found.setdefault(m.group(), []).append(i)
+    return found
+
+
+def test_decimal_pattern_finds_numbers_and_skips_urls():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+        "accuracy 0.91 and .5, in 2.5 s; see https://arxiv.org/abs/1312.6034 and v1.2.3")])
+    assert decimals_in_markdown(nb) == {"0.91": [0], ".5": [0], "2.5": [0]}
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_markdown_types_no_result(lab: str):
+    """No markdown cell states a number that the run computes: every decimal there is a setting or a
+    published figure listed in ALLOWED_DECIMALS, and every listed literal is still used."""
+    found = decimals_in_markdown(_nb(lab))
+    allowed = ALLOWED_DECIMALS.get(lab, {})
+    typed = {v: cells for v, cells in found.items() if v not in allowed}
+    assert not typed, (f"{lab}: decimal numbers in markdown cells {typed}: print results from code "
+                       "(display(Markdown(...)) with cfg.spread) or, for a setting, add it to ALLOWED_DECIMALS")
+    assert not set(allowed) - set(found), f"{lab}: ALLOWED_DECIMALS lists unused literals {set(allowed) - set(found)}"
