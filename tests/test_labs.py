@@ -160,7 +160,7 @@ ALLOWED_DECIMALS: dict[str, dict[str, str]] = {
                "0.01": "its cost in nats", "0.4": "noise level of the denoising VAE"},
     "09_dann": {"52.25": "Ganin & Lempitsky 2015, source only", "76.66": "Ganin & Lempitsky 2015, DANN",
                 "95.96": "Ganin & Lempitsky 2015, train on target", "0.9": "momentum / pseudo-label confidence",
-                "0.3": "lambda_max", "0.05": "initial learning rate", "10.0": "gamma / alpha of the schedules",
+                "0.3": "lambda_max", "0.02": "initial learning rate", "10.0": "gamma / alpha of the schedules",
                 "0.01": "mu0 of the schedule", "0.75": "beta of the schedule"},
     "10_gan": {"0.5": "Adam beta1", "0.999": "Adam beta2", "0.1": "chance accuracy of ten classes"},
 }
