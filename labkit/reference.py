@@ -30,7 +30,7 @@ __all__ = ["flatten_records", "make_reference", "compare_to_reference", "load_re
            "reference_path", "spread", "ReferenceFileError", "ALPHA", "FLOAT_RTOL"]
 
 SCHEMA = 1
-ALPHA = 0.01  # two-sided: a new run falls outside a value's band with probability ~1% (normal model)
+ALPHA = 0.001  # two-sided: a new run falls outside a value's band with probability 0.1% (normal model)
 FLOAT_RTOL = 1e-4  # values equal over every seed: the same arithmetic on another CPU
 FLOAT_ATOL = 1e-7
 PROFILE, DATA = "standard", "embedded"
