@@ -9,7 +9,8 @@ embedded data is run once per seed, and every value that ``lk.record`` saw gets 
 The band of a number is a prediction interval for one new run (Student's t, two-sided, level
 ``1 - ALPHA``): ``mean +- t(1 - ALPHA/2, n - 1) * sd * sqrt(1 + 1/n)`` over the ``n`` seeds. A
 value identical over the seeds is compared exactly when every sample is an integer, else to
-``FLOAT_RTOL`` (the same computation on another CPU). Strings and booleans must be one of the values
+``FLOAT_RTOL`` (the same computation on another CPU), unless its siblings in the same record vary:
+then it is a saturated rate and its band uses their pooled standard deviation. Strings and booleans must be one of the values
 seen. Nothing is widened by hand: a value whose band is too wide to say anything is a lab whose
 claim rests on a lucky seed, and the lab is what must change.
 
@@ -128,6 +129,32 @@ def band_of(samples: Sequence[Any], *, alpha: float = ALPHA) -> dict[str, Any]:
     return {"kind": "values", "samples": samples, "allowed": seen}
 
 
+def _parent(key: str) -> str | None:
+    return key[:key.rindex("[")] if key.endswith("]") else None
+
+
+def _pool_saturated(values: dict[str, Any], alpha: float) -> None:
+    """A float identical over every seed while its siblings (the other entries of the same dict or
+    list) vary is a saturated rate (an accuracy of 0, a probability of 1), not a constant: its band
+    uses the siblings' pooled standard deviation, as a prediction interval around the seen value."""
+    groups: dict[str, list[str]] = {}
+    for key, e in values.items():
+        parent = _parent(key)
+        if parent is not None and e["kind"] == "number":
+            groups.setdefault(parent, []).append(key)
+    for members in groups.values():
+        varying = [values[k] for k in members if values[k]["sd"] > 0]
+        if not varying:
+            continue
+        pooled = math.sqrt(sum(e["sd"] ** 2 for e in varying) / len(varying))
+        for k in members:
+            e = values[k]
+            n = len(e["samples"])
+            if e["sd"] == 0 and n > 1 and not all(isinstance(v, int) for v in e["samples"]):
+                half = _t_quantile(1 - alpha / 2, n - 1) * pooled * math.sqrt(1 + 1 / n)
+                e.update(low=e["mean"] - half, high=e["mean"] + half, pooled_sd=pooled)
+
+
 def make_reference(lab: str, runs: Sequence[Mapping[str, Any]], *, alpha: float = ALPHA,
                    machine: str | None = None) -> dict[str, Any]:
     """Build a lab's reference from the results of its standard runs over several seeds.
@@ -157,6 +184,7 @@ def make_reference(lab: str, runs: Sequence[Mapping[str, Any]], *, alpha: float 
         if len(samples) < len(flats):
             entry["seeds"] = [s for s, f in zip(seeds, flats) if k in f]  # recorded for these seeds only
         values[k] = entry
+    _pool_saturated(values, alpha)
     import torch
 
     return {

@@ -71,7 +71,7 @@ def test_compare_finds_values_outside_their_band_and_stale_keys():
     runs = [_run(1, {"acc": 0.80, "n": 3, "name": "x", "rounds": [0.1]}),
             _run(2, {"acc": 0.82, "n": 3, "name": "x", "rounds": [0.1, 0.2]}),
             _run(3, {"acc": 0.81, "n": 3, "name": "x", "rounds": [0.1]})]
-    ref = R.make_reference("42_tiny", runs)
+    ref = R.make_reference("42_tiny", runs, alpha=0.01)
     assert R.compare_to_reference({"acc": 0.81, "n": 3, "name": "x", "rounds": [0.1]}, ref) == []
     assert ref["values"]["rounds[1]"]["seeds"] == [2]  # recorded by one seed only: may be absent
     problems = R.compare_to_reference({"acc": 0.5, "n": 4, "name": "y", "rounds": [0.1], "new": 1}, ref)
@@ -82,6 +82,7 @@ def test_compare_finds_values_outside_their_band_and_stale_keys():
     assert "name = 'y' is none of the values seen" in text
     assert "records new = 1, which the reference file does not know" in text
     assert "labkit reference 42_tiny --seeds 3" in text
+    assert R.make_reference("42_tiny", runs)["alpha"] == R.ALPHA == 0.001  # the default: a wider band
     missing = R.compare_to_reference({"acc": 0.81, "name": "x", "rounds": [0.1]}, ref)
     assert missing == ["42_tiny: the reference file has n but the run did not record it (stale: the lab no longer "
                        "records it); regenerate it with `labkit reference 42_tiny --seeds 3`"]
@@ -171,3 +172,16 @@ def test_band_item_follows_each_notebook_and_can_fail(pytester: pytest.Pytester,
     result = pytester.runpytest_subprocess("--nbval-lax", "-p", "no:cacheprovider", "labs")
     result.assert_outcomes(passed=4, failed=1)
     result.stdout.fnmatch_lines(["*42_tiny: n = 2 is outside its band*"])
+
+
+def test_a_saturated_rate_borrows_the_spread_of_its_siblings():
+    """acc[0.2] is 0.0 at every seed while acc[0.1] varies (sd 0.02): 0.0 is a saturated rate, and its
+    band is the t interval with the pooled sd; a constant without varying siblings stays tight."""
+    runs = [_run(s, {"acc": {"0.1": a, "0.2": 0.0}, "area": 0.25, "grey": {"x": 0.1, "y": 0.1}})
+            for s, a in zip((1, 2, 3), (0.30, 0.32, 0.34))]
+    ref = R.make_reference("42_tiny", runs, alpha=0.01)
+    sat = ref["values"]['acc["0.2"]']
+    half = 9.9248 * 0.02 * math.sqrt(4 / 3)
+    assert sat["pooled_sd"] == pytest.approx(0.02) and sat["high"] == pytest.approx(half, abs=1e-3)
+    assert ref["values"]["area"]["high"] - 0.25 < 1e-4  # no siblings: the float tolerance
+    assert ref["values"]['grey["x"]']["high"] - 0.1 < 1e-4  # siblings that do not vary either
