@@ -42,13 +42,10 @@ book: labs site
 # kernel with 2 threads, share the 2 cores, and spinning threads steal them (measured: a VAE epoch
 # 3-4x slower). Results are identical. A single lab run (`make labs`, `labkit run`) is ~1.5x faster
 # with the default policy, so only the tests set it.
-# --dist loadgroup: a notebook's cells share one kernel and a test file its fixtures (conftest.py gives
-# each its group), while the independent lab runs of test_labs.py and test_student.py spread over both
-# workers instead of queueing on one.
 test: export OMP_WAIT_POLICY ?= PASSIVE
 test: setup
 	bash .ci/ensure-chromium.sh
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile
 
 clean:
 	rm -rf _build .pytest_cache

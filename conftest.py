@@ -75,18 +75,10 @@ def pytest_runtest_setup(item: pytest.Item):
                 os.environ[k] = v
 
 
-# Test files whose tests are independent lab runs (tens of seconds each, no shared fixture): with
-# `--dist loadgroup` they are spread over the workers one test at a time instead of one file per worker.
-_SPREAD_FILES = {"test_labs.py", "test_student.py"}
-# Files that share a session fixture (the built site) run on one worker together.
-_SHARED_GROUPS = {"test_book.py": "book", "test_site_browser.py": "book"}
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Insert one LabReferenceItem right after each collected notebook's last cell, and give every
-    test its xdist group: a notebook's cells run in one kernel, a test file's module and session
-    fixtures are built once, and lab runs of test_labs.py / test_student.py spread over the workers."""
+    """Insert one LabReferenceItem right after each collected notebook's last cell (with
+    `--dist loadfile` it runs on the worker that ran the notebook's cells)."""
     last: dict[object, int] = {}
     for i, item in enumerate(items):
         nbfile = _notebook_collector(item)
@@ -94,7 +86,3 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             last[nbfile] = i
     for nbfile, i in sorted(last.items(), key=lambda kv: -kv[1]):
         items.insert(i + 1, LabReferenceItem.from_parent(nbfile, name="reference bands"))
-    for item in items:
-        name = item.path.name
-        if name not in _SPREAD_FILES:
-            item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(name, name)))
