@@ -12,11 +12,12 @@ every recorded value lies in its reference band (``labs/reference/LAB.json``, se
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from labkit.runner import _env
 
 _RESULTS_DIR = Path(tempfile.mkdtemp(prefix="labkit-nbval-results-"))
 
@@ -63,16 +64,8 @@ def pytest_runtest_setup(item: pytest.Item):
     results_file = _RESULTS_DIR / f"{item.path.stem}.results.json"
     results_file.unlink(missing_ok=True)
     values = {"LABKIT_RESULTS_FILE": str(results_file), "LABKIT_PROGRESS": "plain", "PYTHONHASHSEED": "0"}
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)  # the kernel inherits the environment when nbval starts it
-    try:
+    with _env(**values):  # the kernel inherits the environment when nbval starts it
         yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -12,7 +12,7 @@ import pytest
 
 from labkit import cli, reference as R
 
-from test_runner import make_lab
+from test_runner import labs, make_lab  # noqa: F401 (labs: the tiny-lab fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,14 +87,6 @@ def test_compare_finds_values_outside_their_band_and_stale_keys():
     assert missing == ["42_tiny: the reference file has n but the run did not record it (stale: the lab no longer "
                        "records it); regenerate it with `labkit reference 42_tiny --seeds 3`"]
     assert R.compare_to_reference({"acc": float("nan"), "n": 3, "name": "x", "rounds": [0.1]}, ref)
-
-
-@pytest.fixture
-def labs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "labs"
-    make_lab(folder)
-    monkeypatch.setenv("LABKIT_LABS", str(folder))
-    return folder
 
 
 def test_load_reference_says_what_to_run(labs: Path):
