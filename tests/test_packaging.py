@@ -74,7 +74,7 @@ def test_top_level_layout():
     import subprocess
 
     expected = {"book", "labs", "labkit", "tests", "_config.yml", "_toc.yml", "environment.yml",
-                "pyproject.toml", "Makefile", "README.md", ".ci"}
+                "pyproject.toml", "Makefile", "README.md", ".ci", "conftest.py"}
     optional = {"bench", ".gitignore"}
     present = {p.name for p in ROOT.iterdir() if p.name not in {".git", ".venv", "_build"}}
     assert expected <= present, f"missing at the top level: {expected - present}"
