@@ -63,7 +63,8 @@ def pytest_runtest_setup(item: pytest.Item):
         return
     results_file = _RESULTS_DIR / f"{item.path.stem}.results.json"
     results_file.unlink(missing_ok=True)
-    values = {"LABKIT_RESULTS_FILE": str(results_file), "LABKIT_PROGRESS": "plain", "PYTHONHASHSEED": "0"}
+    values = {"LABKIT_RESULTS_FILE": str(results_file), "LABKIT_PROGRESS": "plain", "LABKIT_WIDGETS": "off",
+              "PYTHONHASHSEED": "0"}
     with _env(**values):  # the kernel inherits the environment when nbval starts it
         yield
 

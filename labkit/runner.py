@@ -207,7 +207,7 @@ def run_lab(lab: str | os.PathLike, *, profile: str = "standard", data: str = "e
     tmp_results.unlink(missing_ok=True)
     start = time.perf_counter()
     error: BaseException | None = None
-    with _env(LABKIT_RESULTS_FILE=str(tmp_results.resolve()), LABKIT_PROGRESS=progress,
+    with _env(LABKIT_RESULTS_FILE=str(tmp_results.resolve()), LABKIT_PROGRESS=progress, LABKIT_WIDGETS="off",
               PYTHONHASHSEED=str(wanted.get("SEED", defaults.get("SEED", 0)))):
         try:
             # The kernel is killed once the last cell has run: a graceful shutdown of a kernel with

@@ -169,3 +169,21 @@ def test_clean_notebook_merges_split_streams():
     assert [(o.output_type, o.get("name"), o.get("text")) for o in out] == [
         ("stream", "stdout", "a\nb\n"), ("stream", "stderr", "w\n"), ("execute_result", None, None),
         ("stream", "stdout", "c\n")]
+
+
+def test_a_run_builds_no_widget_and_does_not_draw_explorers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """labkit run sets LABKIT_WIDGETS=off in the kernel: lk.explorer returns None without drawing
+    (a widget needs a live frontend; see labkit.widgets), and the environment is restored after."""
+    cells = [LAB_CELLS[1], ("code", "import labkit as lk\ncalls = []\n"
+                                    "view = lk.explorer(lambda k: calls.append(k), k=(1, 9, 2))\n"
+                                    "print(view, calls)", [])]
+    folder = tmp_path / "labs"
+    make_lab(folder, "43_explorer", cells=cells)
+    monkeypatch.setenv("LABKIT_LABS", str(folder))
+    monkeypatch.delenv("LABKIT_WIDGETS", raising=False)
+    runner.run_lab("43", profile="smoke", output_dir=tmp_path / "out")
+    nb = nbformat.read(tmp_path / "out" / "43_explorer.ipynb", as_version=4)
+    assert [o.get("text") for o in nb.cells[-1].outputs] == ["None []\n"]
+    import os
+
+    assert "LABKIT_WIDGETS" not in os.environ

@@ -113,3 +113,16 @@ def test_bad_slider_bounds_raise_value_error(spec) -> None:
 def test_draw_must_be_callable() -> None:
     with pytest.raises(TypeError, match="draw must be a function returning a Figure, got str"):
         explorer("not a function", x=[1, 2])
+
+
+def test_without_a_frontend_nothing_is_built_or_drawn(monkeypatch) -> None:
+    """LABKIT_WIDGETS=off (labkit run, grading, nbval): no widget, no draw, the specs still checked."""
+    monkeypatch.setenv("LABKIT_WIDGETS", "off")
+    draw = Recorder()
+    assert explorer(draw, layer=["a", "b"], k=(1, 9, 2), smooth=True) is None
+    assert draw.calls == []
+    with pytest.raises(ValueError, match="control 'k'"):
+        explorer(draw, k=(9, 1, 2))
+    with pytest.raises(TypeError, match="draw must be a function"):
+        explorer(3, k=(1, 9, 2))
+

@@ -290,6 +290,7 @@ def _env(ctx: _Context, workdir: Path) -> dict[str, str]:
         "OMP_NUM_THREADS": str(ctx.threads),
         "MKL_NUM_THREADS": str(ctx.threads),
         "LABKIT_PROGRESS": "plain",
+        "LABKIT_WIDGETS": "off",  # no frontend: explorers build nothing (see labkit.widgets)
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
     }
     if os.environ.get("LABKIT_GRADER_DEBUG"):
