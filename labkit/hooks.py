@@ -206,15 +206,16 @@ class _PositiveGrad(torch.autograd.Function):
 
 
 class _DeconvReLU(torch.autograd.Function):
-    """relu(x) forward; deconvnet backward g_in = relu(g_out), the forward mask ignored."""
+    """relu(x) (or relu6(x) with ``upper=6``) forward; deconvnet backward g_in = relu(g_out), the
+    forward mask ignored."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        return x.clamp(min=0)
+    def forward(ctx: Any, x: Tensor, upper: float | None = None) -> Tensor:
+        return x.clamp(min=0, max=upper)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return grad.clamp(min=0)
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad.clamp(min=0), None
 
 
 _FUNCTIONAL_RELUS = {
@@ -224,6 +225,7 @@ _FUNCTIONAL_RELUS = {
     torch.nn.functional.relu_,
     Tensor.relu,
     Tensor.relu_,
+    torch.nn.functional.relu6,
 }
 
 
@@ -247,7 +249,7 @@ class _FunctionalReluGuard(TorchFunctionMode):
 
 @contextlib.contextmanager
 def relu_rule(model: nn.Module, rule: str) -> Iterator[None]:
-    """Inside the block, every ``nn.ReLU`` of ``model`` back-propagates with ``rule``.
+    """Inside the block, every ``nn.ReLU`` (and ``nn.ReLU6``) of ``model`` back-propagates with ``rule``.
 
     ``rule`` is ``"gradient"`` (the true gradient), ``"guided"`` (guided backpropagation) or
     ``"deconvnet"`` (Springenberg et al. 2015; Zeiler & Fergus 2014). A forward hook on each
@@ -255,7 +257,9 @@ def relu_rule(model: nn.Module, rule: str) -> Iterator[None]:
     (torchvision's ResNet blocks) gets the rule each time. Guided: the output passes through an
     identity whose backward keeps positive gradients, then the ReLU's own backward applies the
     forward mask. Deconvnet: the output is replaced by a custom function of the ReLU *input*
-    that ignores the mask. In-place ReLUs (VGG) are switched to out-of-place for the block (an
+    that ignores the mask. ``nn.ReLU6`` (MobileNet, EfficientNet-Lite) gets the same rules with its
+    own mask: guided passes ``relu(g)`` where ``0 < x < 6``, deconvnet passes ``relu(g)``
+    everywhere (the forward still clamps to ``[0, 6]``). In-place ReLUs (VGG) are switched to out-of-place for the block (an
     in-place ReLU overwrites its input, whose graph would still apply the mask) and switched
     back on exit. A relu called functionally (``F.relu``) by the model's forward inside the block
     raises ``RuntimeError`` instead of giving a silently wrong map (code outside the model's
@@ -266,12 +270,12 @@ def relu_rule(model: nn.Module, rule: str) -> Iterator[None]:
     _check_model(model, "relu_rule")
     if rule not in _RULES:
         raise ValueError(f"relu_rule: rule must be one of {_RULES}, got {rule!r}")
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    relus = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
     if not relus:
         raise ValueError(
-            f"relu_rule: the model ({type(model).__name__}) has no nn.ReLU module, so the {rule!r} rule cannot "
-            "be applied (a model calling torch.relu / F.relu functionally would silently get plain gradients); "
-            "build it with nn.ReLU modules"
+            f"relu_rule: the model ({type(model).__name__}) has no nn.ReLU or nn.ReLU6 module, so the {rule!r} rule "
+            "cannot be applied (a model calling torch.relu / F.relu functionally would silently get plain "
+            "gradients); build it with nn.ReLU modules"
         )
     guard = _FunctionalReluGuard()
 
@@ -283,7 +287,7 @@ def relu_rule(model: nn.Module, rule: str) -> Iterator[None]:
         if rule == "guided":  # relu's own backward masks, then keep the positive part
             return _PositiveGrad.apply(output)
         if rule == "deconvnet":  # a function of the input, bypassing relu's mask
-            return _DeconvReLU.apply(args[0])
+            return _DeconvReLU.apply(args[0], 6.0 if isinstance(module, nn.ReLU6) else None)
         return None  # "gradient": the true gradient
 
     def enter_model(module: nn.Module, args: tuple) -> None:

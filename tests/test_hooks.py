@@ -238,6 +238,28 @@ def test_relu_rules_on_a_reused_relu(inplace: bool) -> None:
     assert net.relu.inplace is inplace and count_hooks(net) == 0
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_relu6_rules_by_hand(inplace: bool) -> None:
+    """y = w . relu6(x) with w = [1, -1, 1, 1, -1] at x = [2, 3, -1, 7, 8] (EfficientNet-Lite's ReLU6).
+
+    gradient:  w * [0 < x < 6] = [1, -1, 0, 0, 0]
+    guided:    relu(w) * [0 < x < 6] = [1, 0, 0, 0, 0]
+    deconvnet: relu(w) = [1, 0, 1, 1, 0] (the mask ignored); the forward still clamps to [0, 6]
+    """
+    net = nn.Sequential(nn.ReLU6(inplace=inplace), nn.Linear(5, 1, bias=False))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[1.0, -1.0, 1.0, 1.0, -1.0]]))
+    x = torch.tensor([[2.0, 3.0, -1.0, 7.0, 8.0]])
+    expected = {"gradient": [1.0, -1.0, 0.0, 0.0, 0.0], "guided": [1.0, 0.0, 0.0, 0.0, 0.0],
+                "deconvnet": [1.0, 0.0, 1.0, 1.0, 0.0]}
+    for rule, want in expected.items():
+        with relu_rule(net, rule):
+            torch.testing.assert_close(net(x), torch.tensor([[2.0 - 3.0 + 0.0 + 6.0 - 6.0]]), msg=rule)
+            g = _input_grad(net, x)
+        torch.testing.assert_close(g, torch.tensor(want)[None], msg=rule)
+    assert net[0].inplace is inplace and count_hooks(net) == 0
+
+
 def test_relu_rule_gradient_equals_autograd_on_a_cnn() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten())
@@ -252,7 +274,7 @@ def test_relu_rule_gradient_equals_autograd_on_a_cnn() -> None:
 
 
 def test_relu_rule_rejects_functional_relu_and_bad_rules() -> None:
-    with pytest.raises(ValueError, match="no nn.ReLU module"):
+    with pytest.raises(ValueError, match="no nn.ReLU or nn.ReLU6 module"):
         with relu_rule(FunctionalReLU(with_module=False), "guided"):
             pass
     mixed = FunctionalReLU(with_module=True)

@@ -10,17 +10,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Colour photos that ship inside the scikit-image wheel (no pooch download needed).
-# name -> loader function name in ``skimage.data``.
+# Photos that ship inside installed packages (no download): name -> (package, what to load).
+# scikit-image: a loader of ``skimage.data`` (the bundled ones only, not those pooch fetches);
+# matplotlib: a file of its sample data (read without importing matplotlib); scikit-learn: a file of ``load_sample_images``.
 _PHOTO_LOADERS = {
-    "astronaut": "astronaut",
-    "chelsea": "chelsea",
-    "coffee": "coffee",
-    "rocket": "rocket",
-    "motorcycle": "stereo_motorcycle",
-    "immunohistochemistry": "immunohistochemistry",
-    "hubble_deep_field": "hubble_deep_field",
-    "retina": "retina",
+    "astronaut": ("skimage", "astronaut"),
+    "chelsea": ("skimage", "chelsea"),
+    "coffee": ("skimage", "coffee"),
+    "rocket": ("skimage", "rocket"),
+    "motorcycle": ("skimage", "stereo_motorcycle"),
+    "immunohistochemistry": ("skimage", "immunohistochemistry"),
+    "hubble_deep_field": ("skimage", "hubble_deep_field"),
+    "retina": ("skimage", "retina"),
+    "camera": ("skimage", "camera"),
+    "grace_hopper": ("matplotlib", "grace_hopper.jpg"),
+    "china": ("sklearn", "china.jpg"),
+    "flower": ("sklearn", "flower.jpg"),
 }
 PHOTO_NAMES = tuple(_PHOTO_LOADERS)
 # The photos whose random crops make good backgrounds (retina and hubble are mostly black).
@@ -69,22 +74,42 @@ def _resize_chw(img: Tensor, h: int, w: int) -> Tensor:
 
 @lru_cache(maxsize=None)
 def _load_photo(name: str) -> Tensor:
-    import skimage.data as skdata
+    package, what = _PHOTO_LOADERS[name]
+    if package == "skimage":
+        import skimage.data as skdata
 
-    arr = getattr(skdata, _PHOTO_LOADERS[name])()
-    if isinstance(arr, tuple):  # stereo_motorcycle -> (left, right, disparity)
-        arr = arr[0]
-    arr = np.asarray(arr)[..., :3]
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+        arr = getattr(skdata, what)()
+        if isinstance(arr, tuple):  # stereo_motorcycle -> (left, right, disparity)
+            arr = arr[0]
+    elif package == "matplotlib":  # the file only: importing matplotlib is plotting.py's business
+        import importlib.util
+        from pathlib import Path
+
+        from PIL import Image
+
+        spec = importlib.util.find_spec("matplotlib")
+        folder = Path(next(iter(spec.submodule_search_locations)))  # type: ignore[union-attr]
+        with Image.open(folder / "mpl-data" / "sample_data" / what) as im:
+            arr = np.asarray(im.convert("RGB"))
+    else:
+        from sklearn.datasets import load_sample_image
+
+        arr = load_sample_image(what)
+    arr = np.asarray(arr)
+    if arr.ndim == 2:  # a grey photo (camera): three equal channels
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    arr = arr[..., :3]
+    return torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
 
 
 def photos(*, size: int | None = None) -> dict[str, Tensor]:
-    """scikit-image's bundled colour photos by name, each ``[3, H, W]`` float32 in ``[0, 1]``.
+    """Real photos that ship inside installed packages, by name, each ``[3, H, W]`` float32 in ``[0, 1]``.
 
-    Only photos shipped inside the scikit-image wheel are used (no download): astronaut,
-    chelsea, coffee, rocket, motorcycle, immunohistochemistry, hubble_deep_field, retina.
+    No download: scikit-image's astronaut, chelsea (a cat), coffee, rocket, motorcycle,
+    immunohistochemistry, hubble_deep_field, retina and camera (grey, as three equal channels);
+    matplotlib's grace_hopper; scikit-learn's china and flower.
     With ``size`` every photo is centre-cropped to a square and resized to ``size x size``.
-    Used in labs 00, 02 and 04 (photos to explain or to start from) and as backgrounds of
+    Used in labs 00, 02-06 (photos to classify, explain or start from) and as backgrounds of
     :func:`shapes` and of the photo domain of :func:`glyph_digits`. Returns fresh tensors.
     """
     if size is not None:

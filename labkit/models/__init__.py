@@ -1,7 +1,8 @@
 """Model registry of the course: ``get_model(name, **kw)`` and ``list_models()``.
 
 Small course models live in submodules that register themselves with ``@register_model``;
-torchvision's ImageNet architectures come through ``labkit.models.pretrained``.
+torchvision's ImageNet architectures come through ``labkit.models.pretrained``, the ImageNet network
+that ships with pip (EfficientNet-Lite0) through ``labkit.models.efficientnet``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from typing import Any, Callable
 from torch import nn
 
 __all__ = ["get_model", "list_models", "register_model", "count_parameters", "torchvision_model",
-           "find_weights", "WeightsNotFoundError", "TORCHVISION_ARCHS"]
+           "find_weights", "WeightsNotFoundError", "TORCHVISION_ARCHS", "imagenet_model", "imagenet_classes",
+           "ImageNetWeightsError"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DOCS: dict[str, str] = {}
 # Submodules that register models; a missing one (not written yet) is skipped.
-_SUBMODULES = ("small", "pretrained", "generative", "segmentation", "dann")
+_SUBMODULES = ("small", "pretrained", "efficientnet", "generative", "segmentation", "dann")
 _loaded = False
 
 
@@ -55,6 +57,10 @@ def __getattr__(name: str) -> Any:
         from . import pretrained
 
         return getattr(pretrained, name)
+    if name in ("imagenet_model", "imagenet_classes", "ImageNetWeightsError"):
+        from . import efficientnet
+
+        return getattr(efficientnet, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
