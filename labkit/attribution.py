@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hooks import _layer_key, capture, get_layer, preserve_state, relu_rule
+from .hooks import _layer_key, capture, eval_mode, get_layer, preserve_state, relu_rule
 
 __all__ = [
     "resolve_target",
@@ -105,10 +105,7 @@ def _check_batch_size(batch_size: int | None, numel: int, budget: int, fn: str) 
 @contextlib.contextmanager
 def _explaining(model: nn.Module) -> Iterator[None]:
     """Eval mode and frozen parameters for the call; everything restored on exit."""
-    with preserve_state(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with eval_mode(model, freeze=True):
         yield
 
 

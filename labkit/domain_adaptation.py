@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import autocast, get_device, to_device
+from .hooks import eval_mode
 from .models.dann import DANN, GradientReversal, GradientReversalFunction, grad_reverse
 from .reproducibility import make_generator
 from .training import progress_mode
@@ -214,14 +215,10 @@ def domain_accuracy(model: nn.Module, source: Any, target: Any, *, device: torch
     xt, _ = _as_xy(target, "target", labels=False)
     batch_size = _check_int("batch_size", batch_size, low=1)
     device = _resolve_device(model, device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             ds = model.domain_classifier(_features(model, xs, device, batch_size)).squeeze(1)
             dt = model.domain_classifier(_features(model, xt, device, batch_size)).squeeze(1)
-    finally:
-        model.train(was_training)
     if not (torch.isfinite(ds).all() and torch.isfinite(dt).all()):
         return float("nan")  # a diverged network: no meaningful domain prediction
     return 0.5 * (float((ds < 0).float().mean()) + float((dt > 0).float().mean()))
@@ -406,17 +403,13 @@ def pseudo_label(model: nn.Module, images: Any, *, threshold: float = 0.9, devic
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
     batch_size = _check_int("batch_size", batch_size, low=1)
     device = _resolve_device(model, device)
-    was_training = model.training
-    model.eval()
     probs = []
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
                 with autocast(device):
                     out = model(to_device(x[i:i + batch_size], device))
                 probs.append(out.float().softmax(1).cpu())
-    finally:
-        model.train(was_training)
     confidence, labels = torch.cat(probs).max(1)
     return labels, confidence, confidence >= threshold
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["get_layer", "layer_names", "capture", "Capture", "relu_rule", "preserve_state", "count_hooks"]
+__all__ = ["get_layer", "layer_names", "capture", "Capture", "relu_rule", "preserve_state", "eval_mode", "count_hooks"]
 
 _MAX_LISTED = 40  # names shown in an "unknown layer" error before abbreviating
 
@@ -335,6 +335,24 @@ def preserve_state(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module, *, freeze: bool = False) -> Iterator[nn.Module]:
+    """``model.eval()`` for the block (and ``requires_grad=False`` on every parameter with
+    ``freeze=True``); on exit every submodule's own mode and every parameter's flag are restored.
+
+    ``model.train(was_training)`` is not a restore: it sets every submodule to the top-level mode,
+    so a frozen, eval-mode BatchNorm inside a training model would come back training.
+    Used by every function of labkit that evaluates or explains a model.
+    """
+    _check_model(model, "eval_mode")
+    with preserve_state(model):
+        model.eval()
+        if freeze:
+            for p in model.parameters():
+                p.requires_grad_(False)
+        yield model
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import get_device
+from .hooks import eval_mode
 from .models.segmentation import (FCN, EncoderClassifier, ResNetEncoder, TorchvisionEncoder, VGGEncoder,
                                   bilinear_kernel, bilinear_upsampler)
 from .metrics import boundary_f1, confusion_matrix, segmentation_scores
@@ -214,9 +215,7 @@ def train_segmentation(model: nn.Module, train: Any, val: Any = None, *, epochs:
 @torch.no_grad()
 def _encode(model: nn.Module, images: Tensor, dev: torch.device, batch_size: int = 128) -> list[Tensor]:
     """The encoder's features of all images (padded to multiples of 32), eval mode, on the CPU."""
-    was = model.encoder.training
-    model.encoder.eval()
-    try:
+    with eval_mode(model.encoder):
         h, w = images.shape[-2:]
         ph, pw = (-h) % 32, (-w) % 32
         chunks: list[list[Tensor]] = []
@@ -225,22 +224,16 @@ def _encode(model: nn.Module, images: Tensor, dev: torch.device, batch_size: int
             if ph or pw:
                 x = F.pad(x, (0, pw, 0, ph))
             chunks.append([f.cpu() for f in model.encoder(x)])
-    finally:
-        model.encoder.train(was)
     return [torch.cat(parts) for parts in zip(*chunks)]
 
 
 @torch.no_grad()
 def _decode_labels(model: nn.Module, features: list[Tensor], size: Sequence[int], dev: torch.device,
                    batch_size: int = 128) -> Tensor:
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         h, w = size
         out = [model.decode([f[s:s + batch_size].to(dev) for f in features])[..., :h, :w].argmax(1).cpu()
                for s in range(0, features[0].shape[0], batch_size)]
-    finally:
-        model.train(was)
     return torch.cat(out)
 
 
@@ -255,15 +248,11 @@ def predict_segmentation(model: nn.Module, images: Tensor, *, batch_size: int = 
                          f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
     _pos_int("batch_size", batch_size)
     dev = _device_of(model, device)
-    was = model.training
-    model.eval()
     outs = []
-    try:
+    with eval_mode(model):
         for start in range(0, images.shape[0], batch_size):
             out = model(images[start:start + batch_size].to(dev)).float()
             outs.append(out.cpu() if scores else out.argmax(1).cpu())
-    finally:
-        model.train(was)
     return torch.cat(outs)
 
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .device import autocast, get_device, to_device
+from .hooks import eval_mode
 from .reproducibility import make_generator
 
 __all__ = ["History", "fit", "evaluate", "predict", "train_or_load", "as_loader", "progress_mode"]
@@ -102,10 +103,8 @@ def evaluate(model: nn.Module, data: DataLike, *, loss_fn: Callable[[Tensor, Ten
     """
     device = _resolve_device(model, device)
     loss_fn = loss_fn or nn.functional.cross_entropy
-    was_training = model.training
-    model.eval()
     total, loss_sum, correct = 0, 0.0, 0
-    try:
+    with eval_mode(model):
         for x, y in as_loader(data, batch_size=batch_size):
             x, y = to_device((x, y), device)
             with autocast(device):
@@ -113,8 +112,6 @@ def evaluate(model: nn.Module, data: DataLike, *, loss_fn: Callable[[Tensor, Ten
             loss_sum += float(loss_fn(out.float(), y)) * len(y)
             correct += _accuracy_count(out, y)
             total += len(y)
-    finally:
-        model.train(was_training)
     if total == 0:
         raise ValueError("evaluate: the data is empty")
     return {"loss": loss_sum / total, "accuracy": correct / total}
@@ -125,16 +122,12 @@ def predict(model: nn.Module, data: DataLike, *, device: torch.device | str | No
             batch_size: int = 256) -> Tensor:
     """Logits for every sample of ``data`` (on the CPU), in order; ``device=None``: the model's device."""
     device = _resolve_device(model, device)
-    was_training = model.training
-    model.eval()
     outs = []
-    try:
+    with eval_mode(model):
         for batch in as_loader(data, batch_size=batch_size):
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             with autocast(device):
                 outs.append(model(to_device(x, device)).float().cpu())
-    finally:
-        model.train(was_training)
     if not outs:
         raise ValueError("predict: the data is empty")
     return torch.cat(outs)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import get_device, to_device
-from .hooks import preserve_state
+from .hooks import eval_mode, preserve_state
 from .training import progress_mode
 
 __all__ = ["LIKELIHOODS", "ELBO", "VAEHistory", "kl_divergence", "reparameterize", "reconstruction_nll",
@@ -358,9 +358,7 @@ def evaluate_elbo(model: nn.Module, data: Any, *, likelihood: str = "bernoulli",
     device = _model_device(model, device)
     g = _generator(seed, device)
     rec_sum, kl_sum = 0.0, 0.0
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, len(xs), batch_size):
             x = to_device(xs[start:start + batch_size], device)
             y = to_device(ys[start:start + batch_size], device) if ys is not None else None
@@ -374,8 +372,6 @@ def evaluate_elbo(model: nn.Module, data: Any, *, likelihood: str = "bernoulli",
                 rec += reconstruction_nll(model.decode(z, y).float(), x, likelihood=likelihood, sigma=sigma).double()
             rec_sum += float(rec.sum()) / samples
             kl_sum += float(kl_divergence(mu.float(), logvar.float()).double().sum())
-    finally:
-        model.train(was_training)
     rec, kl = rec_sum / len(xs), kl_sum / len(xs)
     return {"elbo": -(rec + kl), "reconstruction": rec, "kl": kl, "loss": rec + beta * kl}
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import labkit as lk
-from labkit.hooks import capture, count_hooks, get_layer, layer_names, preserve_state, relu_rule
+from labkit.hooks import capture, count_hooks, eval_mode, get_layer, layer_names, preserve_state, relu_rule
 
 
 def _fn_stack() -> int:
@@ -334,3 +334,45 @@ def test_count_hooks_counts_every_kind() -> None:
     for h in handles:
         h.remove()
     assert count_hooks(net) == 0
+
+
+def _mixed_model() -> nn.Module:
+    """A training model whose BatchNorm is frozen in eval mode, with one frozen parameter."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    net.train()
+    net[1].eval()
+    net[0].bias.requires_grad_(False)
+    return net
+
+
+def _state(net: nn.Module) -> list:
+    return [m.training for m in net.modules()] + [p.requires_grad for p in net.parameters()]
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_eval_mode_restores_every_submodule(freeze: bool) -> None:
+    net = _mixed_model()
+    before = _state(net)
+    with eval_mode(net, freeze=freeze):
+        assert not any(m.training for m in net.modules())
+        assert all(not p.requires_grad for p in net.parameters()) == freeze
+    assert _state(net) == before
+    with pytest.raises(RuntimeError), eval_mode(net):
+        raise RuntimeError("boom")
+    assert _state(net) == before
+    with pytest.raises(TypeError, match="eval_mode"):
+        with eval_mode("net"):
+            pass
+
+
+def test_predict_and_evaluate_keep_a_frozen_batchnorm_frozen() -> None:
+    """model.train(was_training) would set the eval-mode BatchNorm back to training."""
+    import labkit as lk
+
+    net = _mixed_model()
+    before = _state(net)
+    x, y = torch.rand(5, 3, 6, 6), torch.tensor([0, 1, 2, 0, 1])
+    lk.predict(net, x)
+    assert _state(net) == before
+    lk.evaluate(net, (x, y))
+    assert _state(net) == before
