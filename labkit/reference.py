@@ -291,7 +291,8 @@ def spread(lab: str, name: str, value: float, *, fmt: str = ".2f", profile: str 
         return text
     if not entry or entry.get("kind") != "number" or entry["min"] == entry["max"]:
         return text
-    return f"{text} ({format(entry['min'], fmt)}-{format(entry['max'], fmt)} over {len(entry['samples'])} seeds)"
+    dash = " to " if entry["min"] < 0 or entry["max"] < 0 else "-"  # "-10.5 to -5.2", not "-10.5--5.2"
+    return f"{text} ({format(entry['min'], fmt)}{dash}{format(entry['max'], fmt)} over {len(entry['samples'])} seeds)"
 
 
 def read_runs(lab: str, folders: Iterable[Path]) -> list[dict[str, Any]]:

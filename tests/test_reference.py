@@ -113,6 +113,10 @@ def test_spread_quotes_the_range_over_seeds(labs: Path):
     assert R.spread("42_tiny", "acc", 0.8412, fmt=".0%") == "84% (80%-86% over 3 seeds)"
     assert R.spread("42_tiny", "acc", 0.8412, profile="smoke") == "0.84"  # another profile: no band applies
     assert R.spread("42_tiny", "unknown", 0.5) == "0.50"
+    logs = R.make_reference("42_tiny", [_run(1, {"lg": -10.5}), _run(2, {"lg": -5.2}), _run(3, {"lg": -7.0})])
+    (labs / "reference" / "42_tiny.json").write_text(json.dumps(logs))
+    assert R.spread("42_tiny", "lg", -9.51, fmt=".1f") == "-9.5 (-10.5 to -5.2 over 3 seeds)"
+    (labs / "reference" / "42_tiny.json").write_text(json.dumps(ref))
     import labkit as lk
 
     cfg = lk.setup("standard", "embedded", 0, lab="42_tiny", quiet=True)
