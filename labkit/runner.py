@@ -215,7 +215,10 @@ def run_lab(lab: str | os.PathLike, *, profile: str = "standard", data: str = "e
             # and nothing is lost, since lk.record rewrites its file at every call.
             pm.execute_notebook(str(src), str(out_nb), parameters=inject, kernel_name=kernel,
                                 cwd=str(src.parent), execution_timeout=cell_timeout,
-                                progress_bar=False, log_output=log_output, shutdown_kernel="immediate")
+                                progress_bar=False, log_output=log_output, shutdown_kernel="immediate",
+                                # the kernel's own log (ipykernel's "running over TCP without
+                                # encryption" at every start) says nothing a student can act on
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except pm.PapermillExecutionError as exc:
             error = exc  # papermill has written the notebook up to the failing cell
     wall = time.perf_counter() - start

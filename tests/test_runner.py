@@ -187,3 +187,11 @@ def test_a_run_builds_no_widget_and_does_not_draw_explorers(tmp_path: Path, monk
     import os
 
     assert "LABKIT_WIDGETS" not in os.environ
+
+
+def test_a_run_does_not_print_the_kernels_log(labs: Path, tmp_path: Path, capfd: pytest.CaptureFixture):
+    """ipykernel warns at every start that it runs over TCP without encryption: nothing a student can
+    act on, so labkit run starts the kernel with its log level at ERROR."""
+    runner.run_lab("42", profile="smoke", output_dir=tmp_path / "out")
+    err = capfd.readouterr().err
+    assert "without encryption" not in err and "IPKernelApp" not in err
