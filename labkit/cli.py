@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reference", help="measure each lab's recorded values over seeds and write labs/reference/LAB.json")
     p.add_argument("labs", nargs="*", help="lab names (default: every lab)")
     p.add_argument("--all", action="store_true", help="every lab (the default when none is named)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds 1..N of the standard profile (default %(default)s; seed 0, the labs' default, is what the tests run)")
+    p.add_argument("--seeds", type=int, default=10, help="seeds 1..N of the standard profile (default %(default)s; seed 0, the labs' default, is what the tests run)")
     p.add_argument("--work-dir", default="out/reference",
                    help="where the runs go, one folder per seed; runs already there are reused (default %(default)s)")
     p.add_argument("--output-dir", default=None, help="where the reference files go (default labs/reference)")

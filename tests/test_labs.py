@@ -21,6 +21,9 @@ from labkit import runner
 
 LABS = [name for name, _ in runner.list_labs()]
 IMAGENET_LABS = {"01", "02", "03", "04", "05", "06", "08"}  # labs with a WEIGHTS parameter
+# of those, the labs whose real-data mode still loads torchvision's ImageNet weights (not shipped);
+# the others use EfficientNet-Lite0, whose weights come with the pip requirements
+TORCHVISION_LABS = {"01", "02", "04", "05", "06", "08"}
 
 
 def _nb(name: str):
@@ -103,7 +106,19 @@ def test_smoke_real_data(lab: str, tmp_path: Path, mirror_root: Path, monkeypatc
     assert saved["meta"]["profile"] == "smoke"
 
 
-@pytest.mark.parametrize("lab", [lab for lab in LABS if lab[:2] in IMAGENET_LABS])
+@pytest.mark.parametrize("lab", [lab for lab in LABS if lab[:2] in IMAGENET_LABS - TORCHVISION_LABS])
+def test_real_data_with_the_shipped_imagenet_network_runs_offline(lab: str, tmp_path: Path, mirror_root: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    """DATA="real" with the default WEIGHTS="imagenet": EfficientNet-Lite0's weights are installed, nothing
+    is downloaded (an empty TORCH_HOME), and every check passes."""
+    monkeypatch.setenv("LABKIT_DATA", str(mirror_root))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    res = _run(lab, tmp_path, data="real")
+    assert res["meta"]["status"] == "ok" and res["meta"]["parameters"].get("WEIGHTS", "imagenet") == "imagenet"
+    assert all(c["passed"] for c in res["checks"]), [c for c in res["checks"] if not c["passed"]]
+
+
+@pytest.mark.parametrize("lab", [lab for lab in LABS if lab[:2] in TORCHVISION_LABS])
 def test_real_data_without_imagenet_weights_stops_with_one_message(
         lab: str, tmp_path: Path, mirror_root: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]):

@@ -90,7 +90,7 @@ def test_compare_finds_values_outside_their_band_and_stale_keys():
 
 
 def test_load_reference_says_what_to_run(labs: Path):
-    with pytest.raises(R.ReferenceFileError, match=r"42_tiny: no reference file at .*labkit reference 42_tiny --seeds 5"):
+    with pytest.raises(R.ReferenceFileError, match=r"42_tiny: no reference file at .*labkit reference 42_tiny --seeds 10"):
         R.load_reference("42")
     path = labs / "reference" / "42_tiny.json"
     path.parent.mkdir()
