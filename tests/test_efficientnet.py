@@ -97,6 +97,9 @@ def test_registry_builds_random_weights():
 
 def test_classes(classes, mirror_root):
     assert len(classes) == len(set(classes)) == 1000
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    assert classes == list(_IMAGENET_CATEGORIES)  # labkit's copy is torchvision's list
     assert classes[282] == "tiger cat" and classes[967] == "espresso" and classes[0] == "tench"
     # the first names of the mirror's synset_words.txt, except the two that ImageNet repeats
     mirror = lk.imagenet_samples(root=mirror_root, size=8, limit=1).classes

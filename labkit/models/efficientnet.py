@@ -228,7 +228,7 @@ def imagenet_model(name: str = "efficientnet_lite0", *, weights: str = "imagenet
 
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet class names in the order of the outputs ("tench", "goldfish", ...
-    "tiger cat" is 282), as torchvision ships them (no file needed)."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
+    "tiger cat" is 282), torchvision's spelling (no file needed, torchvision not imported)."""
+    from ._imagenet_classes import IMAGENET_CLASSES
 
-    return list(_IMAGENET_CATEGORIES)
+    return list(IMAGENET_CLASSES)
