@@ -12,7 +12,7 @@ from torch import Tensor
 
 # Photos that ship inside installed packages (no download): name -> (package, what to load).
 # scikit-image: a loader of ``skimage.data`` (the bundled ones only, not those pooch fetches);
-# matplotlib: a file of its sample data (read without importing matplotlib); scikit-learn: a file of ``load_sample_images``.
+# matplotlib: a file of its sample data; scikit-learn: a file of ``load_sample_images``.
 _PHOTO_LOADERS = {
     "astronaut": ("skimage", "astronaut"),
     "chelsea": ("skimage", "chelsea"),
@@ -24,7 +24,7 @@ _PHOTO_LOADERS = {
     "retina": ("skimage", "retina"),
     "camera": ("skimage", "camera"),
     "grace_hopper": ("matplotlib", "grace_hopper.jpg"),
-    "china": ("sklearn", "china.jpg"),
+    "china": ("sklearn", "china.jpg"),  # read from the files, without importing either package
     "flower": ("sklearn", "flower.jpg"),
 }
 PHOTO_NAMES = tuple(_PHOTO_LOADERS)
@@ -81,20 +81,17 @@ def _load_photo(name: str) -> Tensor:
         arr = getattr(skdata, what)()
         if isinstance(arr, tuple):  # stereo_motorcycle -> (left, right, disparity)
             arr = arr[0]
-    elif package == "matplotlib":  # the file only: importing matplotlib is plotting.py's business
+    else:  # the file only: importing matplotlib is plotting.py's business, and sklearn takes a second
         import importlib.util
         from pathlib import Path
 
         from PIL import Image
 
-        spec = importlib.util.find_spec("matplotlib")
+        spec = importlib.util.find_spec(package)
         folder = Path(next(iter(spec.submodule_search_locations)))  # type: ignore[union-attr]
-        with Image.open(folder / "mpl-data" / "sample_data" / what) as im:
+        sub = ("mpl-data", "sample_data") if package == "matplotlib" else ("datasets", "images")
+        with Image.open(folder.joinpath(*sub, what)) as im:
             arr = np.asarray(im.convert("RGB"))
-    else:
-        from sklearn.datasets import load_sample_image
-
-        arr = load_sample_image(what)
     arr = np.asarray(arr)
     if arr.ndim == 2:  # a grey photo (camera): three equal channels
         arr = np.repeat(arr[..., None], 3, axis=2)
