@@ -29,7 +29,7 @@ def _is_int(value: object) -> bool:
 
 
 # --------------------------------------------------------------------------- training
-def train_shapes_classifier(train: Any, val: Any = None, *, epochs: int, lr: float = 2e-3, batch_size: int = 32,
+def train_shapes_classifier(train: Any, val: Any = None, *, epochs: int, lr: float = 1e-3, batch_size: int = 32,
                             seed: int = 0, device: torch.device | str | None = None, desc: str = "",
                             batch_norm: bool = True, global_pool: bool = True, widths: Sequence[int] = (16, 32, 64),
                             dropout: float = 0.0, **fit_options: Any) -> tuple[nn.Module, Any]:
@@ -37,8 +37,10 @@ def train_shapes_classifier(train: Any, val: Any = None, *, epochs: int, lr: flo
 
     The recipe: three conv blocks with batch norm (without it the network can sit at chance for
     several epochs on mixed shapes), a global average pool (so the head does not depend on the
-    input size), Adam with a cosine learning-rate schedule (Loshchilov & Hutter 2017), batch
-    size 32. Initialization and training run under ``torch.manual_seed(seed)`` inside a forked
+    input size), Adam at 1e-3 with a cosine learning-rate schedule (Loshchilov & Hutter 2017),
+    batch size 32. At 2e-3 the network sat at chance for the first epochs at some seeds and ended
+    near 0.52 test accuracy (lab 02/06's 5 epochs at seed 8, lab 04's 8 epochs at seed 9); at 1e-3
+    the lowest over seeds 0-10 was 0.86 and 0.95. Initialization and training run under ``torch.manual_seed(seed)`` inside a forked
     CPU RNG, so the same call gives the same model whatever ran before, and the caller's global
     CPU RNG is not advanced. ``fit_options`` go to ``lk.fit`` (e.g. ``weight_decay``, ``augment``,
     ``on_epoch_end``). ``dropout``: dropout probability before the last layer (lab 01's regularized

@@ -47,6 +47,12 @@ def list_labs() -> list[tuple[str, str]]:
     return [(p.stem, _title(p)) for p in sorted(folder.glob("*.ipynb")) if _LAB_FILE.match(p.name)]
 
 
+def _lab_names() -> list[str]:
+    """The labs' names from their file names only (``list_labs`` also reads every notebook's title)."""
+    folder = labs_dir()
+    return [p.stem for p in sorted(folder.glob("*.ipynb")) if _LAB_FILE.match(p.name)] if folder.is_dir() else []
+
+
 def lab_path(lab: str | os.PathLike) -> Path:
     """Resolve ``"00"``, ``"00_welcome"``, ``"00_welcome.ipynb"`` or a path to a notebook file."""
     if not isinstance(lab, (str, os.PathLike)):
@@ -55,7 +61,8 @@ def lab_path(lab: str | os.PathLike) -> Path:
     if p.suffix == ".ipynb" and p.is_file():
         return p
     name = p.name.removesuffix(".ipynb")
-    names = [n for n, _ in list_labs()]
+    names = _lab_names()  # not list_labs: cfg.spread resolves the lab at every call, and reading every
+    # notebook took up to 5 s on a loaded machine (and failed on a notebook being written)
     matches = [n for n in names if n == name or n.split("_", 1)[0] == name]
     if len(matches) != 1:
         raise ValueError(f"unknown lab {str(lab)!r}; valid labs: {', '.join(names) or '(none found in ' + str(labs_dir()) + ')'}")

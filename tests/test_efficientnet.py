@@ -156,6 +156,13 @@ def test_wrong_shape_or_range(model):
         model((torch.rand(1, 3, 32, 32) - 0.45) / 0.22)
 
 
+def test_smoothgrad_noise_is_not_refused(model):
+    """SmoothGrad's noisy copies leave [0, 1] a little: that is not the 0-255 or normalized mistake."""
+    x = lk.photos(size=64)["coffee"][None]
+    m = lk.smoothgrad(model, x, 967, samples=16, noise=0.2, seed=0)
+    assert m.shape == (1, 64, 64) and torch.isfinite(m).all() and m.abs().sum() > 0
+
+
 def test_missing_package_says_pip_install(monkeypatch, tmp_path):
     monkeypatch.setattr(eff.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setenv("LABKIT_DATA", str(tmp_path / "empty"))
