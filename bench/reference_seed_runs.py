@@ -12,6 +12,11 @@ that ``labkit reference --seeds N`` reuses them and runs only the missing seeds.
 lab's code has not changed since the file was made: the runs carry no ``code_sha256``, and
 ``labkit reference`` says so ("made before runs recorded their code version"). An existing results
 file is never overwritten.
+
+    python bench/reference_seed_runs.py --rebuild 00 01 ...   # no run: new bands from the same samples
+
+``--rebuild`` rewrites each file's bands from its own samples with the current rule (after a change
+of ``labkit.reference.ALPHA``), keeping its seeds, machine, torch version and wall times.
 """
 
 from __future__ import annotations
@@ -43,11 +48,20 @@ def seed_runs(ref: dict) -> dict[int, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("labs", nargs="+")
-    parser.add_argument("--work-dir", required=True)
+    parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--rebuild", action="store_true", help="rewrite the bands of each file from its samples")
     args = parser.parse_args(argv)
+    if not args.rebuild and args.work_dir is None:
+        parser.error("give --work-dir (to write the runs) or --rebuild")
     for lab in args.labs:
         name = lab_path(lab).stem
         ref = R.load_reference(name)
+        if args.rebuild:
+            new = R.make_reference(name, list(seed_runs(ref).values()), machine=ref["machine"])
+            new.update(torch=ref["torch"], wall_time_s=ref["wall_time_s"], command=ref["command"])
+            R.reference_path(name).write_text(json.dumps(new, indent=1) + "\n")
+            print(f"{name}: bands at alpha {new['alpha']:g} over seeds {new['seeds']}")
+            continue
         for seed, results in seed_runs(ref).items():
             out = Path(args.work_dir) / f"seed{seed}" / f"{name}.results.json"
             if out.exists():

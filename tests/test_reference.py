@@ -82,7 +82,7 @@ def test_compare_finds_values_outside_their_band_and_stale_keys():
     assert "name = 'y' is none of the values seen" in text
     assert "records new = 1, which the reference file does not know" in text
     assert "labkit reference 42_tiny --seeds 3" in text
-    assert R.make_reference("42_tiny", runs)["alpha"] == R.ALPHA == 0.001  # the default: a wider band
+    assert R.make_reference("42_tiny", runs)["alpha"] == R.ALPHA == 1e-6  # the default: a wider band
     missing = R.compare_to_reference({"acc": 0.81, "name": "x", "rounds": [0.1]}, ref)
     assert missing == ["42_tiny: the reference file has n but the run did not record it (stale: the lab no longer "
                        "records it); regenerate it with `labkit reference 42_tiny --seeds 3`"]
