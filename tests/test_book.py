@@ -311,9 +311,41 @@ def test_bibliography_lists_every_entry_and_citations_link_to_it(site: BuiltSite
     assert len(cites) >= 10, "the intro's citations should link to the references page"
 
 
+def _repository_buttons():
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        import repository_buttons
+    finally:
+        sys.path.remove(str(ROOT / "book" / "_ext"))
+    return repository_buttons
+
+
+def test_placeholder_repository_hides_its_buttons() -> None:
+    rb = _repository_buttons()
+    launch = {"notebook_interface": "jupyterlab", "binderhub_url": "https://mybinder.org",
+              "colab_url": "https://colab.research.google.com", "thebe": False}
+    given = {"repository_url": rb.PLACEHOLDER + "/", "use_repository_button": True, "launch_buttons": launch,
+             "navbar_persistent": []}
+    options, notes = rb.button_options(given)
+    assert options["use_repository_button"] is False and options["use_source_button"] is False
+    assert options["launch_buttons"] == {"notebook_interface": "jupyterlab"}
+    assert options["navbar_persistent"] == [] and given["launch_buttons"] is launch and "colab_url" in launch
+    assert "instructor" in notes["repo_ref"] and "no Colab or Binder" in notes["launch_note"]
+    real = {**given, "repository_url": "https://github.com/some-school/seeing-inside"}
+    options, notes = rb.button_options(real)
+    assert options == real and notes["repo_ref"] == real["repository_url"] and "rocket" in notes["launch_note"]
+    for url in (None, "", "https://github.com/labkit-course/seeing-inside.git", "HTTPS://github.com/labkit-course/Seeing-Inside"):
+        assert rb.is_placeholder(url), url
+    assert not rb.is_placeholder("https://github.com/labkit-course/seeing-inside-2025")
+
+
 def test_lab_pages_have_download_and_launch_buttons(site: BuiltSite) -> None:
+    """The .ipynb download button always; Colab, Binder and repository buttons exactly when
+    repository.url is a real repository (never to the placeholder, which does not exist)."""
     cfg = yaml.safe_load(_text(ROOT / "_config.yml"))
-    repo = urlsplit(cfg["repository"]["url"]).path.strip("/")
+    url = cfg["repository"]["url"]
+    placeholder = _repository_buttons().is_placeholder(url)
+    repo = urlsplit(url).path.strip("/")
     branch = cfg["repository"].get("branch", "main")
     labs = [n for n in site.pages if n.startswith("labs/")]
     assert labs, "no lab in _toc.yml"
@@ -325,10 +357,19 @@ def test_lab_pages_have_download_and_launch_buttons(site: BuiltSite) -> None:
         assert (page.parent / downloads[0]).resolve().is_file()
         nb = f"{name}.ipynb"
         colab = f"https://colab.research.google.com/github/{repo}/blob/{branch}/{nb}"
+        binder = [u for u in hrefs if u.startswith("https://mybinder.org/")]
+        if placeholder:
+            assert not any(repo.lower() in u.lower() for u in hrefs), f"{name}: a link to the placeholder repository"
+            assert not binder and not any("colab.research.google.com" in u for u in hrefs), \
+                f"{name}: a launch button to the placeholder repository"
+            continue
         assert colab in hrefs, f"{name}: no Colab launch button ({colab})"
-        assert any(u.startswith(f"https://mybinder.org/v2/gh/{repo}/{branch}") and nb in u for u in hrefs), \
+        assert any(u.startswith(f"https://mybinder.org/v2/gh/{repo}/{branch}") and nb in u for u in binder), \
             f"{name}: no Binder launch button"
         assert f"https://github.com/{repo}" in hrefs, f"{name}: no repository button"
+    setup_page = _text(site.page("book/setup"))
+    if placeholder:
+        assert "instructor gives you" in setup_page and repo not in setup_page
 
 
 _WIDGET_REPR = re.compile(
