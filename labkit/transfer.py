@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .hooks import capture, get_layer, preserve_state
 
 __all__ = ["few_shot_indices", "layer_features", "svm_predict", "svm_accuracy", "svm_c_sweep", "svm_cross_validation",
-           "layer_sweep", "transfer_model", "torchvision_architecture", "make_augment"]
+           "layer_sweep", "transfer_model", "unfreeze_layers", "torchvision_architecture", "make_augment"]
 
 
 def _is_int(value: object) -> bool:
@@ -286,6 +286,29 @@ def transfer_model(model: nn.Module, num_classes: int, *, head: str, freeze: boo
         for p in new_head.parameters():
             p.requires_grad_(True)
     return new_model
+
+
+def unfreeze_layers(model: nn.Module, layers: Sequence[str]) -> nn.Module:
+    """Make the parameters of the named layers (dotted names, with everything below them) trainable
+    again, in place; returns ``model``.
+
+    Meant for a :func:`transfer_model` copy made with ``freeze=True``: fine-tune the last blocks and
+    the new head, keep the rest fixed. Its ``FrozenBatchNorm2d`` layers stay frozen (their statistics
+    and affine terms are buffers), so batches of a few images never replace the source statistics.
+    Used in lab 01 (real-data mode: the last block of EfficientNet-Lite0 and its head convolution).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+        raise ValueError(f"layers must be a non-empty list of dotted layer names, got {layers!r}")
+    modules = [get_layer(model, name) for name in layers]  # unknown names raise ValueError listing the valid ones
+    for name, module in zip(layers, modules):
+        if next(module.parameters(), None) is None:
+            raise ValueError(f"layer {name!r} ({type(module).__name__}) has no parameters to train")
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    return model
 
 
 def torchvision_architecture(arch: str, **kwargs: Any) -> nn.Module:

@@ -21,6 +21,7 @@ Differences by definition are tested explicitly (see each test's docstring):
 from __future__ import annotations
 
 import copy
+import importlib
 import warnings
 from collections.abc import Callable
 
@@ -32,8 +33,19 @@ from torch import nn
 
 import labkit as lk
 
-captum_attr = pytest.importorskip("captum.attr")
-pgc = pytest.importorskip("pytorch_grad_cam")
+
+
+def _test_extra(module: str, package: str):  # noqa: ANN202
+    """Import a reference library of the test extras; a missing one FAILS (CI installs the extras)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"{module} is not importable ({exc}): the cross-checks need the test extras, pinned in "
+                    f"pyproject.toml ({package}); install them with `pip install -e '.[test]'`", pytrace=False)
+
+
+captum_attr = _test_extra("captum.attr", "captum==0.9.0")
+pgc = _test_extra("pytorch_grad_cam", "grad-cam==1.5.7")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 REL = 1e-5

@@ -20,7 +20,11 @@ from torch import nn
 import labkit as lk
 from labkit.models import efficientnet as eff
 
-captum_attr = pytest.importorskip("captum.attr")
+try:
+    import captum.attr as captum_attr
+except ImportError as exc:  # a test extra (pyproject.toml: captum==0.9.0): CI installs it, so missing fails
+    pytest.fail(f"captum is not importable ({exc}): install the test extras with `pip install -e '.[test]'`",
+                pytrace=False)
 
 
 @pytest.fixture(scope="module")

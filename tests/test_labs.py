@@ -23,7 +23,11 @@ LABS = [name for name, _ in runner.list_labs()]
 IMAGENET_LABS = {"01", "02", "03", "04", "05", "06", "08"}  # labs with a WEIGHTS parameter
 # of those, the labs whose real-data mode still loads torchvision's ImageNet weights (not shipped);
 # the others use EfficientNet-Lite0, whose weights come with the pip requirements
-TORCHVISION_LABS = {"01", "02", "04", "05", "06", "08"}
+TORCHVISION_LABS = {"04", "05", "08"}
+# labs whose real-data mode uses EfficientNet-Lite0 by default and torchvision's ResNet-18 on request
+# (IMAGENET_NET = "resnet18", for a machine where its weights are cached)
+TORCHVISION_OPTION = {"01": {"IMAGENET_NET": "resnet18"}, "02": {"IMAGENET_NET": "resnet18"},
+                      "06": {"IMAGENET_NET": "resnet18"}}
 
 
 def _nb(name: str):
@@ -118,19 +122,23 @@ def test_real_data_with_the_shipped_imagenet_network_runs_offline(lab: str, tmp_
     assert all(c["passed"] for c in res["checks"]), [c for c in res["checks"] if not c["passed"]]
 
 
-@pytest.mark.parametrize("lab", [lab for lab in LABS if lab[:2] in TORCHVISION_LABS])
+@pytest.mark.parametrize("lab", [lab for lab in LABS if lab[:2] in TORCHVISION_LABS | set(TORCHVISION_OPTION)])
 def test_real_data_without_imagenet_weights_stops_with_one_message(
         lab: str, tmp_path: Path, mirror_root: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]):
-    """DATA="real" with the default WEIGHTS="imagenet" and nothing cached: the lab stops at the
-    first cell that needs the weights with WeightsNotFoundError, whose message says what to do."""
+    """DATA="real" with the default WEIGHTS="imagenet", torchvision's network (the default of the
+    labs in TORCHVISION_LABS, the option of those in TORCHVISION_OPTION) and nothing cached: the lab
+    stops at the first cell that needs the weights with WeightsNotFoundError, whose message says what to do."""
     from labkit import cli
 
     assert runner.read_parameters(runner.lab_path(lab))["WEIGHTS"] == "imagenet"
     monkeypatch.setenv("LABKIT_DATA", str(mirror_root))  # the mirror holds no weights/ folder
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     out = tmp_path / "out"
-    assert cli.main(["run", lab, "--profile", "smoke", "--data", "real", "--output-dir", str(out)]) == 1
+    params = [a for k, v in TORCHVISION_OPTION.get(lab[:2], {}).items() for a in ("-p", f"{k}={v}")]
+    for k in TORCHVISION_OPTION.get(lab[:2], {}):
+        assert k in runner.read_parameters(runner.lab_path(lab)), f"{lab}: no parameter {k}"
+    assert cli.main(["run", lab, "--profile", "smoke", "--data", "real", "--output-dir", str(out), *params]) == 1
     err = capsys.readouterr().err
     assert "FAILED at cell" in err and "WeightsNotFoundError" in err
     for part in ("ImageNet weights for", "not found: no file", "curl -L", 'WEIGHTS = "random"',

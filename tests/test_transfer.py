@@ -180,6 +180,30 @@ def test_transfer_model_named_head_and_errors():
         lk.transfer_model(resnet_like, 2, head="fc", freeze="yes")
 
 
+def test_unfreeze_layers_trains_the_named_layers_and_keeps_batchnorm_frozen():
+    model = _tiny_cnn()
+    frozen = lk.transfer_model(model, 2, head="7", freeze=True)
+    out = lk.unfreeze_layers(frozen, ["0", "5"])
+    assert out is frozen  # in place
+    # conv 3*4*9 + 4, linear 4*5 + 5, new head 5*2 + 2
+    assert lk.count_parameters(frozen, trainable_only=True) == 112 + 25 + 12
+    assert type(frozen[1]).__name__ == "FrozenBatchNorm2d"  # its statistics stay the source's
+    assert all(p.requires_grad for p in model.parameters())  # the source model is untouched
+    x = torch.rand(4, 3, 6, 6)
+    frozen.train()(x).sum().backward()
+    assert frozen[0].weight.grad is not None and frozen[7].weight.grad is not None
+    with pytest.raises(ValueError, match="unknown layer"):
+        lk.unfreeze_layers(frozen, ["nope"])
+    with pytest.raises(ValueError, match="no parameters"):
+        lk.unfreeze_layers(frozen, ["2"])  # the ReLU
+    with pytest.raises(ValueError, match="non-empty list"):
+        lk.unfreeze_layers(frozen, "0")
+    with pytest.raises(ValueError, match="non-empty list"):
+        lk.unfreeze_layers(frozen, [])
+    with pytest.raises(TypeError, match="nn.Module"):
+        lk.unfreeze_layers("model", ["0"])
+
+
 # --------------------------------------------------------------------------- architecture, augmentation
 def test_torchvision_architecture_vgg16_counts():
     vgg = lk.torchvision_architecture("vgg16")
