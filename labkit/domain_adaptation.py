@@ -28,7 +28,7 @@ from .device import autocast, get_device, to_device
 from .hooks import eval_mode
 from .models.dann import DANN, GradientReversal, GradientReversalFunction, grad_reverse
 from .reproducibility import make_generator
-from .training import progress_mode
+from .progress import EpochProgress
 
 __all__ = ["MODES", "lambda_schedule", "lr_schedule", "DANNHistory", "train_dann", "domain_accuracy",
            "pseudo_label", "self_train", "grad_reverse", "GradientReversal", "GradientReversalFunction", "DANN"]
@@ -299,90 +299,79 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
     src_batches = _Batches(len(xs), batch_size, make_generator(seed))
     tgt_batches = _Batches(len(xt), batch_size, make_generator((seed + 1) % 2**32)) if xt is not None else None
     history = DANNHistory(mode=mode)
-    show = progress_mode()
-    bar = None
-    if show == "bar" and epochs > 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, desc=desc or f"DANN ({mode})", unit="epoch", leave=True)
     step = 0
     try:
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            model.train()
-            sums = {"label": 0.0, "domain": 0.0, "dcorrect": 0, "dcount": 0}
-            coeff, rate, done = 0.0, lr, 0
-            for _ in range(steps_per_epoch):
-                if history.diverged_step is not None:
-                    break  # diverged: keep the last finite weights, evaluate them every epoch
-                p = step / total
-                rate = lr_schedule(p, lr0=lr) if schedule_lr else lr
-                for group in opt.param_groups:
-                    group["lr"] = rate
-                coeff = _coeff(mode, p, lambda_max, gamma)
-                i = src_batches.next()
-                x_s, y_s = to_device((xs[i], ys[i]), device)
-                x_t = to_device(xt[tgt_batches.next()], device) if tgt_batches is not None else None
-                with autocast(device):
-                    if mode == "source_only":
-                        f_s = model.features(x_s)
-                        label_loss = F.cross_entropy(model.classifier(f_s).float(), y_s)
+        with EpochProgress(desc or mode, epochs, default_desc=f"DANN ({mode})") as progress:
+            for epoch in range(epochs):
+                t0 = time.perf_counter()
+                model.train()
+                sums = {"label": 0.0, "domain": 0.0, "dcorrect": 0, "dcount": 0}
+                coeff, rate, done = 0.0, lr, 0
+                for _ in range(steps_per_epoch):
+                    if history.diverged_step is not None:
+                        break  # diverged: keep the last finite weights, evaluate them every epoch
+                    p = step / total
+                    rate = lr_schedule(p, lr0=lr) if schedule_lr else lr
+                    for group in opt.param_groups:
+                        group["lr"] = rate
+                    coeff = _coeff(mode, p, lambda_max, gamma)
+                    i = src_batches.next()
+                    x_s, y_s = to_device((xs[i], ys[i]), device)
+                    x_t = to_device(xt[tgt_batches.next()], device) if tgt_batches is not None else None
+                    with autocast(device):
+                        if mode == "source_only":
+                            f_s = model.features(x_s)
+                            label_loss = F.cross_entropy(model.classifier(f_s).float(), y_s)
+                            if x_t is not None:
+                                with torch.no_grad():
+                                    f_t = model.features(x_t)
+                                d_logits = model.domain_classifier(torch.cat([f_s.detach(), f_t])).squeeze(1)
+                        else:
+                            f = model.features(torch.cat([x_s, x_t]))
+                            label_loss = F.cross_entropy(model.classifier(f[: len(x_s)]).float(), y_s)
+                            d_logits = model.domain_classifier(grad_reverse(f, coeff)).squeeze(1)
+                        loss = label_loss
                         if x_t is not None:
-                            with torch.no_grad():
-                                f_t = model.features(x_t)
-                            d_logits = model.domain_classifier(torch.cat([f_s.detach(), f_t])).squeeze(1)
-                    else:
-                        f = model.features(torch.cat([x_s, x_t]))
-                        label_loss = F.cross_entropy(model.classifier(f[: len(x_s)]).float(), y_s)
-                        d_logits = model.domain_classifier(grad_reverse(f, coeff)).squeeze(1)
-                    loss = label_loss
+                            d_true = torch.cat([torch.zeros(len(x_s), device=device), torch.ones(len(x_t), device=device)])
+                            domain_loss = F.binary_cross_entropy_with_logits(d_logits.float(), d_true)
+                            loss = loss + domain_loss
+                    if not torch.isfinite(loss.detach()):
+                        history.diverged_step = step
+                        progress.message(f"{desc or mode}: the loss became {float(loss.detach()):.3g} at step {step}: "
+                                         "training diverged and stops here (the weights of the previous step are kept)")
+                        break
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    done += 1
+                    sums["label"] += float(label_loss.detach())
                     if x_t is not None:
-                        d_true = torch.cat([torch.zeros(len(x_s), device=device), torch.ones(len(x_t), device=device)])
-                        domain_loss = F.binary_cross_entropy_with_logits(d_logits.float(), d_true)
-                        loss = loss + domain_loss
-                if not torch.isfinite(loss.detach()):
-                    history.diverged_step = step
-                    print(f"{desc or mode}: the loss became {float(loss.detach()):.3g} at step {step}: training diverged "
-                          "and stops here (the weights of the previous step are kept)", flush=True)
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                done += 1
-                sums["label"] += float(label_loss.detach())
-                if x_t is not None:
-                    sums["domain"] += float(domain_loss.detach())
-                    sums["dcorrect"] += int(((d_logits.detach() > 0).float() == d_true).sum())
-                    sums["dcount"] += len(d_true)
-            history.label_loss.append(sums["label"] / done if done else float("nan"))
-            if xt is not None:
-                history.domain_loss.append(sums["domain"] / done if done else float("nan"))
-                history.train_domain_acc.append(sums["dcorrect"] / sums["dcount"] if done else float("nan"))
-            history.coeff.append(coeff)
-            history.lr.append(rate)
-            history.steps.append(step)
-            model.eval()
-            if sv is not None:
-                history.source_acc.append(_label_accuracy(model, sv[0], sv[1], device, 256))
-            if tv is not None:
-                history.target_acc.append(_label_accuracy(model, tv[0], tv[1], device, 256))
-            if sv is not None and tv is not None and xt is not None:
-                history.domain_acc.append(domain_accuracy(model, sv[0], tv[0], device=device))
-            history.seconds.append(time.perf_counter() - t0)
-            parts = [f"label loss {history.label_loss[-1]:.3f}"]
-            for key, short in (("source_acc", "source"), ("target_acc", "target"), ("domain_acc", "domain")):
-                if getattr(history, key):
-                    parts.append(f"{short} acc {getattr(history, key)[-1]:.3f}")
-            line = "  ".join(parts)
-            if bar is not None:
-                bar.set_postfix_str(line)
-                bar.update(1)
-            elif show == "plain":
-                print(f"{desc or mode}: epoch {epoch + 1}/{epochs}  {line}", flush=True)
+                        sums["domain"] += float(domain_loss.detach())
+                        sums["dcorrect"] += int(((d_logits.detach() > 0).float() == d_true).sum())
+                        sums["dcount"] += len(d_true)
+                history.label_loss.append(sums["label"] / done if done else float("nan"))
+                if xt is not None:
+                    history.domain_loss.append(sums["domain"] / done if done else float("nan"))
+                    history.train_domain_acc.append(sums["dcorrect"] / sums["dcount"] if done else float("nan"))
+                history.coeff.append(coeff)
+                history.lr.append(rate)
+                history.steps.append(step)
+                model.eval()
+                if sv is not None:
+                    history.source_acc.append(_label_accuracy(model, sv[0], sv[1], device, 256))
+                if tv is not None:
+                    history.target_acc.append(_label_accuracy(model, tv[0], tv[1], device, 256))
+                if sv is not None and tv is not None and xt is not None:
+                    history.domain_acc.append(domain_accuracy(model, sv[0], tv[0], device=device))
+                history.seconds.append(time.perf_counter() - t0)
+                parts = [f"label loss {history.label_loss[-1]:.3f}"]
+                for key, short in (("source_acc", "source"), ("target_acc", "target"), ("domain_acc", "domain")):
+                    if getattr(history, key):
+                        parts.append(f"{short} acc {getattr(history, key)[-1]:.3f}")
+                line = "  ".join(parts)
+                progress.update(line)
     finally:
-        if bar is not None:
-            bar.close()
         model.eval()
     return history
 

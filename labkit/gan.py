@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from .device import get_device, to_device
 from .embeddings import extract_features
 from .hooks import preserve_state
-from .training import predict, progress_mode
+from .progress import EpochProgress
+from .training import predict
 
 __all__ = ["GAN_LOSSES", "GANHistory", "discriminator_loss", "generator_loss", "train_gan", "sample_gan",
            "feature_statistics", "gaussian_frechet_distance", "frechet_distance", "classifier_fid",
@@ -298,66 +299,55 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epoc
                 generator.eval()
                 history.scores.append(float(score_fn(generator)))
 
-    mode = progress_mode()
-    bar = None
-    if mode == "bar" and epochs > 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, desc=desc or "GAN", unit="epoch", leave=True)
     try:
-        observe()
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            generator.train()
-            discriminator.train()
-            perm = torch.randperm(n, generator=g_cpu)
-            for start in range(0, n - batch_size + 1, batch_size):
-                idx = perm[start:start + batch_size]
-                x = to_device(xs[idx], device)
-                y = to_device(ys[idx], device) if cond else None
-                z = torch.randn(len(idx), generator.latent_dim, generator=g_dev, device=device)
-                fake = generator(z, y) if cond else generator(z)
-                # discriminator step
-                real_logits = discriminator(x, y) if cond else discriminator(x)
-                fake_logits = discriminator(fake.detach(), y) if cond else discriminator(fake.detach())
-                d_loss = discriminator_loss(real_logits, fake_logits)
-                if opt_d is not None:
-                    opt_d.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    opt_d.step()
-                # generator step, against the updated discriminator
-                if opt_g is not None:
-                    logits = discriminator(fake, y) if cond else discriminator(fake)
-                    g_loss = generator_loss(logits, loss=loss)
-                    opt_g.zero_grad(set_to_none=True)
-                    g_loss.backward()
-                    history.g_grad_norm.append(_grad_norm(g_params))
-                    opt_g.step()
-                else:
-                    g_loss = generator_loss(fake_logits.detach(), loss=loss)
-                    history.g_grad_norm.append(float("nan"))
-                history.d_loss.append(float(d_loss.detach()))
-                history.g_loss.append(float(g_loss.detach()))
-                history.d_real.append(float(torch.sigmoid(real_logits.detach()).mean()))
-                history.d_fake.append(float(torch.sigmoid(fake_logits.detach()).mean()))
-            history.epoch_steps.append(history.steps)
+        with EpochProgress(desc, epochs, default_desc="GAN") as progress:
             observe()
-            history.seconds.append(time.perf_counter() - t0)
-            s = history.epoch_steps[-2] if epoch else 0
-            line = (f"D loss {sum(history.d_loss[s:]) / max(1, history.steps - s):.3f}  "
-                    f"G loss {sum(history.g_loss[s:]) / max(1, history.steps - s):.3f}  "
-                    f"D(x) {sum(history.d_real[s:]) / max(1, history.steps - s):.2f}  "
-                    f"D(G(z)) {sum(history.d_fake[s:]) / max(1, history.steps - s):.2f}")
-            if score_fn is not None:
-                line += f"  score {history.scores[-1]:.2f}"
-            if bar is not None:
-                bar.set_postfix_str(line)
-                bar.update(1)
-            elif mode == "plain":
-                print(f"{desc + ': ' if desc else ''}epoch {epoch + 1}/{epochs}  {line}", flush=True)
+            for epoch in range(epochs):
+                t0 = time.perf_counter()
+                generator.train()
+                discriminator.train()
+                perm = torch.randperm(n, generator=g_cpu)
+                for start in range(0, n - batch_size + 1, batch_size):
+                    idx = perm[start:start + batch_size]
+                    x = to_device(xs[idx], device)
+                    y = to_device(ys[idx], device) if cond else None
+                    z = torch.randn(len(idx), generator.latent_dim, generator=g_dev, device=device)
+                    fake = generator(z, y) if cond else generator(z)
+                    # discriminator step
+                    real_logits = discriminator(x, y) if cond else discriminator(x)
+                    fake_logits = discriminator(fake.detach(), y) if cond else discriminator(fake.detach())
+                    d_loss = discriminator_loss(real_logits, fake_logits)
+                    if opt_d is not None:
+                        opt_d.zero_grad(set_to_none=True)
+                        d_loss.backward()
+                        opt_d.step()
+                    # generator step, against the updated discriminator
+                    if opt_g is not None:
+                        logits = discriminator(fake, y) if cond else discriminator(fake)
+                        g_loss = generator_loss(logits, loss=loss)
+                        opt_g.zero_grad(set_to_none=True)
+                        g_loss.backward()
+                        history.g_grad_norm.append(_grad_norm(g_params))
+                        opt_g.step()
+                    else:
+                        g_loss = generator_loss(fake_logits.detach(), loss=loss)
+                        history.g_grad_norm.append(float("nan"))
+                    history.d_loss.append(float(d_loss.detach()))
+                    history.g_loss.append(float(g_loss.detach()))
+                    history.d_real.append(float(torch.sigmoid(real_logits.detach()).mean()))
+                    history.d_fake.append(float(torch.sigmoid(fake_logits.detach()).mean()))
+                history.epoch_steps.append(history.steps)
+                observe()
+                history.seconds.append(time.perf_counter() - t0)
+                s = history.epoch_steps[-2] if epoch else 0
+                line = (f"D loss {sum(history.d_loss[s:]) / max(1, history.steps - s):.3f}  "
+                        f"G loss {sum(history.g_loss[s:]) / max(1, history.steps - s):.3f}  "
+                        f"D(x) {sum(history.d_real[s:]) / max(1, history.steps - s):.2f}  "
+                        f"D(G(z)) {sum(history.d_fake[s:]) / max(1, history.steps - s):.2f}")
+                if score_fn is not None:
+                    line += f"  score {history.scores[-1]:.2f}"
+                progress.update(line)
     finally:
-        if bar is not None:
-            bar.close()
         generator.eval()
         discriminator.eval()
     return history

@@ -94,14 +94,15 @@ def _flush() -> None:
         raise
 
 
-def record(name: str, value: Any) -> Any:
-    """Record a lab's key result under ``name`` (re-recording overwrites); returns ``value``.
+def record(name: str, value: Any) -> None:
+    """Record a lab's key result under ``name`` (re-recording overwrites).
 
-    The value is stored in JSON form (tensors and arrays become lists).
+    The value is stored in JSON form (tensors and arrays become lists). Nothing is returned, so
+    that ``lk.record(...)`` as the last line of a notebook cell does not echo the value again
+    below the line that printed it.
     """
     _STORE.records[_check_name(name, "record")] = to_jsonable(value)
     _flush()
-    return value
 
 
 class CheckOutcome:

@@ -31,7 +31,7 @@ from .hooks import eval_mode
 from .models.segmentation import (FCN, EncoderClassifier, ResNetEncoder, TorchvisionEncoder, VGGEncoder,
                                   bilinear_kernel, bilinear_upsampler)
 from .metrics import boundary_f1, confusion_matrix, segmentation_scores
-from .training import progress_mode
+from .progress import EpochProgress
 
 __all__ = ["SegHistory", "train_segmentation", "predict_segmentation", "evaluate_segmentation", "segment_target",
            "label_to_rgb", "photo_scenes", "per_class_iou", "SEGMENTATION_PALETTE",
@@ -145,10 +145,10 @@ def train_segmentation(model: nn.Module, train: Any, val: Any = None, *, epochs:
     model.to(dev)
     weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=dev)
     history = SegHistory()
-    mode = progress_mode()
     saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     try:
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        with (torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
+              EpochProgress(desc, epochs, default_desc="segmentation") as progress):
             torch.manual_seed(seed)
             inputs = val_inputs = None
             if val is not None:
@@ -203,8 +203,7 @@ def train_segmentation(model: nn.Module, train: Any, val: Any = None, *, epochs:
                     history.val_mean_iou.append(scores["mean_iou"])
                     line += f" | val pixel acc {scores['pixel_accuracy']:.3f} mean IoU {scores['mean_iou']:.3f}"
                 history.seconds.append(time.perf_counter() - t0)
-                if mode != "none" and (mode == "plain" or epoch == epochs - 1):
-                    print(f"{desc + ': ' if desc else ''}epoch {epoch + 1}/{epochs}  {line}", flush=True)
+                progress.update(line)
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(saved_flags.get(name, p.requires_grad))

@@ -1,8 +1,8 @@
 """Training loops of the course: ``fit``, ``evaluate``, ``predict``, ``History``, ``train_or_load``.
 
-Used by every lab that trains a classifier (00-06, 09). Progress is shown as a live tqdm bar in
-JupyterLab; under papermill (``LABKIT_PROGRESS=plain``, set by ``labkit run``) one plain text line
-per epoch is printed instead, so the published site shows no empty widget boxes.
+Used by every lab that trains a classifier (00-06, 09). Progress goes through
+:class:`labkit.progress.EpochProgress`, like every other trainer's: a live tqdm bar in JupyterLab,
+one static line per training run under papermill (``LABKIT_PROGRESS=plain``, set by ``labkit run``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .device import autocast, get_device, to_device
 from .hooks import eval_mode
+from .progress import EpochProgress, progress_mode
 from .reproducibility import make_generator
 
 __all__ = ["History", "fit", "evaluate", "predict", "train_or_load", "as_loader", "progress_mode"]
@@ -56,12 +57,6 @@ class History:
     @classmethod
     def from_dict(cls, d: dict[str, list[float]]) -> "History":
         return cls(**{k: list(v) for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-def progress_mode() -> str:
-    """``"bar"`` (tqdm), ``"plain"`` (a line per epoch) or ``"none"``, from ``LABKIT_PROGRESS``."""
-    mode = os.environ.get("LABKIT_PROGRESS", "bar")
-    return mode if mode in ("bar", "plain", "none") else "bar"
 
 
 def as_loader(data: DataLike, *, batch_size: int = 64, shuffle: bool = False, seed: int = 0) -> DataLoader | Iterable[Batch]:
@@ -176,53 +171,42 @@ def fit(model: nn.Module, train: DataLike, val: DataLike | None = None, *, epoch
     use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     history = History()
-    mode = progress_mode()
-    bar = None
-    if mode == "bar" and epochs > 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, desc=desc or "training", unit="epoch", leave=True)
     try:
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            model.train()
-            total, loss_sum, correct = 0, 0.0, 0
-            for x, y in loader:
-                x, y = to_device((x, y), device)
-                if augment is not None:
-                    x = augment(x)
-                with autocast(device):
-                    out = model(x)
-                    loss = loss_fn(out.float(), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                if sched is not None:
-                    sched.step()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += _accuracy_count(out.detach(), y)
-                total += len(y)
-            history.train_loss.append(loss_sum / max(total, 1))
-            history.train_acc.append(correct / max(total, 1))
-            if val is not None:
-                ev = evaluate(model, val, loss_fn=loss_fn, device=device)
-                history.val_loss.append(ev["loss"])
-                history.val_acc.append(ev["accuracy"])
-            history.seconds.append(time.perf_counter() - t0)
-            line = f"train loss {history.train_loss[-1]:.3f} acc {history.train_acc[-1]:.3f}"
-            if val is not None:
-                line += f" | val loss {history.val_loss[-1]:.3f} acc {history.val_acc[-1]:.3f}"
-            if bar is not None:
-                bar.set_postfix_str(line)
-                bar.update(1)
-            elif mode == "plain":
-                print(f"{desc + ': ' if desc else ''}epoch {epoch + 1}/{epochs}  {line}", flush=True)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, model, history)
+        with EpochProgress(desc, epochs, default_desc="training") as progress:
+            for epoch in range(epochs):
+                t0 = time.perf_counter()
+                model.train()
+                total, loss_sum, correct = 0, 0.0, 0
+                for x, y in loader:
+                    x, y = to_device((x, y), device)
+                    if augment is not None:
+                        x = augment(x)
+                    with autocast(device):
+                        out = model(x)
+                        loss = loss_fn(out.float(), y)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    if sched is not None:
+                        sched.step()
+                    loss_sum += float(loss.detach()) * len(y)
+                    correct += _accuracy_count(out.detach(), y)
+                    total += len(y)
+                history.train_loss.append(loss_sum / max(total, 1))
+                history.train_acc.append(correct / max(total, 1))
+                if val is not None:
+                    ev = evaluate(model, val, loss_fn=loss_fn, device=device)
+                    history.val_loss.append(ev["loss"])
+                    history.val_acc.append(ev["accuracy"])
+                history.seconds.append(time.perf_counter() - t0)
+                line = f"train loss {history.train_loss[-1]:.3f} acc {history.train_acc[-1]:.3f}"
+                if val is not None:
+                    line += f" | val loss {history.val_loss[-1]:.3f} acc {history.val_acc[-1]:.3f}"
+                progress.update(line)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, model, history)
     finally:
-        if bar is not None:
-            bar.close()
         model.eval()
     return history
 

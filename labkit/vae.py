@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .device import get_device, to_device
 from .hooks import eval_mode, preserve_state
-from .training import progress_mode
+from .progress import EpochProgress
 
 __all__ = ["LIKELIHOODS", "ELBO", "VAEHistory", "kl_divergence", "reparameterize", "reconstruction_nll",
            "elbo_loss", "train_vae", "evaluate_elbo", "latent_means", "kl_per_dimension", "decode_latents", "sample_vae",
@@ -283,54 +283,43 @@ def train_vae(model: nn.Module, train: Any, val: Any = None, *, epochs: int, lr:
     g_cpu = _generator(seed, torch.device("cpu"))
     g_dev = _generator(seed + 1, device)
     history = VAEHistory()
-    mode = progress_mode()
-    bar = None
-    if mode == "bar" and epochs > 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, desc=desc or "VAE", unit="epoch", leave=True)
     n = len(xs)
     try:
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            model.train()
-            perm = torch.randperm(n, generator=g_cpu)
-            sums = torch.zeros(3, dtype=torch.float64)
-            for start in range(0, n, batch_size):
-                idx = perm[start:start + batch_size]
-                x = to_device(xs[idx], device)
-                y = to_device(ys[idx], device) if ys is not None else None
-                x_in = x
-                if noise_std > 0:
-                    x_in = (x + noise_std * torch.randn(x.shape, generator=g_dev, device=device)).clamp(0.0, 1.0)
-                mu, logvar = model.encode(x_in, y)
-                z = reparameterize(mu, logvar, generator=g_dev)
-                terms = elbo_loss(model.decode(z, y), x, mu, logvar, likelihood=likelihood, sigma=sigma, beta=beta)
-                opt.zero_grad(set_to_none=True)
-                terms.loss.backward()
-                opt.step()
-                sums += torch.tensor([float(t.detach()) for t in terms], dtype=torch.float64) * len(idx)
-            sums /= n
-            history.train_loss.append(float(sums[0]))
-            history.train_rec.append(float(sums[1]))
-            history.train_kl.append(float(sums[2]))
-            line = f"loss {sums[0]:.1f} (rec {sums[1]:.1f} + kl {sums[2]:.1f})"
-            if val is not None:
-                ev = evaluate_elbo(model, val, likelihood=likelihood, sigma=sigma, beta=beta, noise_std=noise_std,
-                                   seed=seed, device=device)
-                history.val_loss.append(ev["loss"])
-                history.val_rec.append(ev["reconstruction"])
-                history.val_kl.append(ev["kl"])
-                line += f" | val loss {ev['loss']:.1f}"
-            history.seconds.append(time.perf_counter() - t0)
-            if bar is not None:
-                bar.set_postfix_str(line)
-                bar.update(1)
-            elif mode == "plain":
-                print(f"{desc + ': ' if desc else ''}epoch {epoch + 1}/{epochs}  {line}", flush=True)
+        with EpochProgress(desc, epochs, default_desc="VAE") as progress:
+            for epoch in range(epochs):
+                t0 = time.perf_counter()
+                model.train()
+                perm = torch.randperm(n, generator=g_cpu)
+                sums = torch.zeros(3, dtype=torch.float64)
+                for start in range(0, n, batch_size):
+                    idx = perm[start:start + batch_size]
+                    x = to_device(xs[idx], device)
+                    y = to_device(ys[idx], device) if ys is not None else None
+                    x_in = x
+                    if noise_std > 0:
+                        x_in = (x + noise_std * torch.randn(x.shape, generator=g_dev, device=device)).clamp(0.0, 1.0)
+                    mu, logvar = model.encode(x_in, y)
+                    z = reparameterize(mu, logvar, generator=g_dev)
+                    terms = elbo_loss(model.decode(z, y), x, mu, logvar, likelihood=likelihood, sigma=sigma, beta=beta)
+                    opt.zero_grad(set_to_none=True)
+                    terms.loss.backward()
+                    opt.step()
+                    sums += torch.tensor([float(t.detach()) for t in terms], dtype=torch.float64) * len(idx)
+                sums /= n
+                history.train_loss.append(float(sums[0]))
+                history.train_rec.append(float(sums[1]))
+                history.train_kl.append(float(sums[2]))
+                line = f"loss {sums[0]:.1f} (rec {sums[1]:.1f} + kl {sums[2]:.1f})"
+                if val is not None:
+                    ev = evaluate_elbo(model, val, likelihood=likelihood, sigma=sigma, beta=beta, noise_std=noise_std,
+                                       seed=seed, device=device)
+                    history.val_loss.append(ev["loss"])
+                    history.val_rec.append(ev["reconstruction"])
+                    history.val_kl.append(ev["kl"])
+                    line += f" | val loss {ev['loss']:.1f}"
+                history.seconds.append(time.perf_counter() - t0)
+                progress.update(line)
     finally:
-        if bar is not None:
-            bar.close()
         model.eval()
     return history
 

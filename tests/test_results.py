@@ -15,9 +15,9 @@ from labkit.results import check, get_results, record, reset_results, set_meta, 
 
 # --- record -------------------------------------------------------------------------------------
 
-def test_record_stores_json_forms_and_returns_the_value() -> None:
+def test_record_stores_json_forms_and_returns_nothing() -> None:
     t = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    assert record("matrix", t) is t  # returned unchanged, so a lab can write x = lk.record(...)
+    assert record("matrix", t) is None  # a cell ending in lk.record(...) must not echo the value
     record("scalar_tensor", torch.tensor(0.25))
     record("one_element_vector", torch.tensor([7]))
     record("array", np.arange(3, dtype=np.int64))

@@ -165,7 +165,7 @@ def test_fit_frozen_model_and_bad_data_raise() -> None:
 
 # --- progress -----------------------------------------------------------------------------------
 
-def test_plain_progress_prints_one_line_per_epoch_and_no_tqdm(monkeypatch, capsys) -> None:
+def test_plain_progress_prints_one_line_per_run_and_no_tqdm(monkeypatch, capsys) -> None:
     import tqdm.auto
 
     def no_tqdm(*args, **kwargs):
@@ -177,11 +177,17 @@ def test_plain_progress_prints_one_line_per_epoch_and_no_tqdm(monkeypatch, capsy
     fit(tiny_cnn(), (x, y), (x, y), epochs=3, batch_size=4, desc="tiny")
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert len(lines) == 3
-    for i, line in enumerate(lines, start=1):
-        assert line.startswith(f"tiny: epoch {i}/3  train loss ")
-        assert "| val loss " in line
+    assert len(lines) == 1  # the page shows the result of the run, not a log of its epochs
+    assert lines[0].startswith("tiny: epoch 3/3  train loss ") and "| val loss " in lines[0]
     assert captured.err == ""
+
+
+def test_epochs_progress_prints_one_line_per_epoch(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("LABKIT_PROGRESS", "epochs")
+    x, y = sign_task(8)
+    fit(tiny_cnn(), (x, y), (x, y), epochs=3, batch_size=4, desc="tiny")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:len("tiny: epoch 1/3")] for line in lines] == ["tiny: epoch 1/3", "tiny: epoch 2/3", "tiny: epoch 3/3"]
 
 
 def test_bar_progress_uses_tqdm(monkeypatch) -> None:
@@ -215,7 +221,8 @@ def test_none_progress_prints_nothing(capsys) -> None:
     assert capsys.readouterr().out == ""
 
 
-@pytest.mark.parametrize("value, mode", [("plain", "plain"), ("none", "none"), ("bar", "bar"), ("junk", "bar")])
+@pytest.mark.parametrize("value, mode", [("plain", "plain"), ("epochs", "epochs"), ("none", "none"), ("bar", "bar"),
+                                         ("junk", "bar")])
 def test_progress_mode(monkeypatch, value: str, mode: str) -> None:
     monkeypatch.setenv("LABKIT_PROGRESS", value)
     assert progress_mode() == mode
