@@ -28,16 +28,16 @@ from torch import Tensor, nn
 
 from .device import get_device
 from .hooks import eval_mode
-from .models.segmentation import (FCN, EncoderClassifier, ResNetEncoder, TorchvisionEncoder, VGGEncoder,
-                                  bilinear_kernel, bilinear_upsampler)
+from .models.segmentation import (FCN, EfficientNetEncoder, EncoderClassifier, ResNetEncoder, TorchvisionEncoder,
+                                  VGGEncoder, bilinear_kernel, bilinear_upsampler)
 from .metrics import boundary_f1, confusion_matrix, segmentation_scores
 from .progress import EpochProgress
 
 __all__ = ["SegHistory", "train_segmentation", "predict_segmentation", "evaluate_segmentation", "segment_target",
            "label_to_rgb", "photo_scenes", "per_class_iou", "SEGMENTATION_PALETTE",
            # the models (defined in labkit.models.segmentation), re-exported as lk.FCN, lk.bilinear_kernel, ...
-           "FCN", "VGGEncoder", "ResNetEncoder", "TorchvisionEncoder", "EncoderClassifier", "bilinear_kernel",
-           "bilinear_upsampler"]
+           "FCN", "VGGEncoder", "ResNetEncoder", "TorchvisionEncoder", "EfficientNetEncoder", "EncoderClassifier",
+           "bilinear_kernel", "bilinear_upsampler"]
 
 #: Colours of the label maps: background black, then one colour per class (cycled beyond 12).
 SEGMENTATION_PALETTE: tuple[tuple[float, float, float], ...] = (

@@ -136,6 +136,22 @@ def test_torchvision_encoder_random_weights():
         TorchvisionEncoder("alexnet", weights="random")
 
 
+def test_efficientnet_encoder_is_the_imagenet_network_cut_at_strides_8_16_32():
+    """The pip-shipped ImageNet weights, offline: the three stages chained give what the classifier's
+    own blocks give, at strides 8, 16 and 32 of a 96-pixel image."""
+    enc = lk.EfficientNetEncoder()
+    net = lk.imagenet_model()
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        s8, s16, s32 = enc(x)
+        whole = net._blocks(net.stem_act(net._bn0(net._conv_stem(net.scale(x)))))
+    assert [tuple(f.shape[1:]) for f in (s8, s16, s32)] == [(40, 12, 12), (112, 6, 6), (320, 3, 3)]
+    assert enc.out_channels == (40, 112, 320)
+    torch.testing.assert_close(s32, whole)
+    fcn = FCN(lk.EfficientNetEncoder(weights="random"), 3, head="8s", hidden=4)
+    assert fcn(x[:1]).shape == (1, 3, 96, 96)
+
+
 # --------------------------------------------------------------------------- training and scores
 def _toy(n, seed):
     """Images whose red square marks class 1 and green square class 2 (8-pixel squares on 32 px)."""

@@ -14,8 +14,9 @@ paper) and the final upsampling stays fixed to bilinear unless ``learn_final=Tru
 
 Encoders: :class:`VGGEncoder` (small VGG-like: conv-BN-ReLU blocks and 2x2 max-pooling),
 :class:`ResNetEncoder` (small ResNet-like: basic residual blocks, each stage max-pooled) and
-:class:`TorchvisionEncoder` (ImageNet VGG-16/VGG-11/ResNet-18 from torchvision, lab 08's real
-mode). :class:`EncoderClassifier` puts a global-average-pool classifier on an encoder so that it
+:class:`EfficientNetEncoder` (EfficientNet-Lite0 with the ImageNet weights that ship with pip, lab
+08's real mode) and :class:`TorchvisionEncoder` (ImageNet VGG-16/VGG-11/ResNet-18 from torchvision,
+where its weights are cached). :class:`EncoderClassifier` puts a global-average-pool classifier on an encoder so that it
 can be pretrained on a classification task first.
 """
 
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from . import register_model
 
 __all__ = ["bilinear_kernel", "bilinear_upsampler", "VGGEncoder", "ResNetEncoder", "TorchvisionEncoder",
-           "EncoderClassifier", "FCN", "FCN_HEADS"]
+           "EfficientNetEncoder", "EncoderClassifier", "FCN", "FCN_HEADS"]
 
 #: Head name -> output stride of its coarsest prediction; the head combines the strides up to it.
 FCN_HEADS = ("32s", "16s", "8s")
@@ -226,6 +227,31 @@ class TorchvisionEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         s8 = self.stage1((x - self.mean) / self.std)
+        s16 = self.stage2(s8)
+        return [s8, s16, self.stage3(s16)]
+
+
+class EfficientNetEncoder(nn.Module):
+    """EfficientNet-Lite0 (ImageNet weights from pip, :func:`labkit.imagenet_model`) cut into
+    stride-8/16/32 stages: the ends of its MBConv stages 3 (40 channels), 5 (112) and 7 (320).
+    Takes ``[0, 1]`` RGB images (the network scales them itself); ``weights="random"`` builds the
+    same architecture untrained. Runs offline: lab 08's real-data encoder.
+    """
+
+    def __init__(self, *, weights: str = "imagenet") -> None:
+        super().__init__()
+        from .efficientnet import imagenet_model
+
+        net = imagenet_model("efficientnet_lite0", weights=weights)
+        blocks = net._blocks
+        self.arch = "efficientnet_lite0"
+        self.stage1 = nn.Sequential(net.scale, net._conv_stem, net._bn0, net.stem_act, blocks[:5])
+        self.stage2 = blocks[5:11]
+        self.stage3 = blocks[11:16]
+        self.out_channels = (40, 112, 320)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        s8 = self.stage1(x)
         s16 = self.stage2(s8)
         return [s8, s16, self.stage3(s16)]
 
