@@ -21,13 +21,15 @@ from labkit import runner
 
 LABS = [name for name, _ in runner.list_labs()]
 IMAGENET_LABS = {"01", "02", "03", "04", "05", "06", "08"}  # labs with a WEIGHTS parameter
-# of those, the labs whose real-data mode still loads torchvision's ImageNet weights (not shipped);
-# the others use EfficientNet-Lite0, whose weights come with the pip requirements
-TORCHVISION_LABS = {"04", "05", "08"}
-# labs whose real-data mode uses EfficientNet-Lite0 by default and torchvision's ResNet-18 on request
-# (IMAGENET_NET = "resnet18", for a machine where its weights are cached)
+# of those, the labs whose real-data mode still loads torchvision's ImageNet weights (not shipped) by
+# default: none any more; the others use EfficientNet-Lite0, whose weights come with the pip requirements
+# (lab 05 trains its max-pooling networks on MNIST-M: a deconvnet needs switches, which EfficientNet lacks)
+TORCHVISION_LABS: set[str] = set()
+# labs whose real-data mode takes a torchvision network on request (the option below), for a machine
+# where its weights are cached
 TORCHVISION_OPTION = {"01": {"IMAGENET_NET": "resnet18"}, "02": {"IMAGENET_NET": "resnet18"},
-                      "06": {"IMAGENET_NET": "resnet18"}}
+                      "04": {"IMAGENET_NET": "resnet18"}, "05": {"REAL_NET": "alexnet"},
+                      "06": {"IMAGENET_NET": "resnet18"}, "08": {"REAL_ENCODERS": ["vgg16"]}}
 
 
 def _nb(name: str):
