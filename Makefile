@@ -45,6 +45,7 @@ book: labs site
 test: export OMP_WAIT_POLICY ?= PASSIVE
 test: setup
 	bash .ci/ensure-chromium.sh
+	bash .ci/ensure-bubblewrap.sh
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile
 
 clean:

@@ -15,7 +15,8 @@ _WHERE = {
     "STATUSES": "grade", "BatchReport": "grade", "GradeResult": "grade", "discover_submissions": "grade",
     "grade_submissions": "grade", "InstructorLab": "instructor", "load_instructor_lab": "instructor",
     "Isolation": "sandbox", "probe_isolation": "sandbox", "make_student_notebook": "student",
-    "strip_solutions": "student", "write_student_versions": "student",
+    "strip_solutions": "student", "write_student_versions": "student", "MemoryCap": "memory",
+    "choose_memory_cap": "memory", "ConfigurationError": "memory", "allowlist": "sandbox",
 }
 __all__ = list(_WHERE)
 

@@ -69,7 +69,8 @@ def _cmd_grade(args: argparse.Namespace) -> int:
                                    timeout_cell=args.timeout_cell, timeout_total=args.timeout_total,
                                    memory_mb=args.memory_mb, jobs=args.jobs, force=args.force,
                                    max_output_mb=args.max_output_mb, parameters=dict(args.param or []),
-                                   isolation=args.isolation)
+                                   isolation=args.isolation, memory_cap=args.memory_cap, allow=args.allow or [],
+                                   scheduler=args.scheduler, executor=args.executor)
     except (ValueError, TypeError, RuntimeError) as exc:
         print(f"labkit grade: {exc}", file=sys.stderr)
         return 2
@@ -80,6 +81,7 @@ def register(subparsers: Any) -> None:
     """Add the ``student`` and ``grade`` subcommands to ``labkit``'s argument parser."""
     from ..config import PROFILES
     from .grade import DEFAULT_MAX_OUTPUT_MB, DEFAULT_MEMORY_MB
+    from .memory import MEMORY_CAP_MODES
 
     p = subparsers.add_parser("student", help="write the student versions of labs (solutions, answers, hidden tests removed)",
                               description="Write the student version of each lab: solution blocks become "
@@ -105,14 +107,26 @@ def register(subparsers: Any) -> None:
                         "hidden tests get the per-cell limit each; the sandbox is killed at "
                         "total + per-cell x (hidden cells + 3) + 90 s")
     p.add_argument("--memory-mb", type=_positive(int), default=DEFAULT_MEMORY_MB, metavar="M",
-                   help=f"address-space cap of the kernel (RLIMIT_AS, default {DEFAULT_MEMORY_MB}; 0: none)")
-    p.add_argument("--jobs", type=_positive(int), default=1, metavar="N", help="submissions graded in parallel (default 1)")
+                   help=f"memory cap of each sandbox (default {DEFAULT_MEMORY_MB}; 0: none): resident memory "
+                        "through a memory cgroup where possible, else address space (RLIMIT_AS)")
+    p.add_argument("--memory-cap", choices=MEMORY_CAP_MODES, default="auto",
+                   help="auto: cgroup v2/v1, else systemd-run, else RLIMIT_AS (default); cgroup: fail without one; "
+                        "systemd-run; rlimit: the address-space cap")
+    p.add_argument("--jobs", type=_positive(int), default=1, metavar="N",
+                   help="submissions graded in parallel: N local Dask worker processes (default 1)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="grade on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (--jobs is then ignored)")
+    p.add_argument("--executor", choices=("auto", "dask", "threads"), default="auto",
+                   help="auto: Dask worker processes when dask is installed, else threads of this process")
+    p.add_argument("--allow", action="append", metavar="PATH",
+                   help="another path the sandbox may read (bubblewrap allowlist; repeatable; must exist)")
     p.add_argument("--force", action="store_true", help="regrade submissions already graded")
     p.add_argument("--max-output-mb", type=_positive(float), default=DEFAULT_MAX_OUTPUT_MB, metavar="X",
                    help=f"output kept per submission before truncation (default {DEFAULT_MAX_OUTPUT_MB:g})")
     p.add_argument("-p", "--param", action="append", type=_param, metavar="NAME=VALUE",
                    help="another parameter of the lab (e.g. -p WEIGHTS=random)")
-    p.add_argument("--isolation", choices=("auto", "namespaces", "none"), default="auto",
-                   help="auto: user/network/mount/PID namespaces when the system allows them (default); "
-                        "namespaces: fail if they do not work; none: do not try")
+    p.add_argument("--isolation", choices=("auto", "bwrap", "namespaces", "unshare", "none"), default="auto",
+                   help="auto: bubblewrap's allowlist, else unshare's blocklist (weaker, said loudly), else none "
+                        "(default); bwrap: fail without bubblewrap; namespaces: fail without either; unshare: the "
+                        "blocklist sandbox; none: do not try")
     p.set_defaults(func=_cmd_grade)

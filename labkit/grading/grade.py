@@ -29,14 +29,16 @@ from typing import Any, Callable
 
 from .instructor import InstructorLab, load_instructor_lab
 from .kernel_code import MARK, collect_cell, guard_cell, restore_cell
-from .sandbox import Isolation, SandboxOutcome, kernel_argv, probe_isolation, run_sandbox
+from .memory import MEMORY_CAP_MODES, ConfigurationError, MemoryCap, choose_memory_cap
+from .sandbox import (ISOLATION_MODES, Isolation, SandboxOutcome, allowlist, bwrap_argv, kernel_argv, probe_isolation,
+                      run_sandbox)
 
 __all__ = ["STATUSES", "DEFAULT_MEMORY_MB", "GradeResult", "BatchReport", "grade_submissions",
-           "discover_submissions", "suspicious_patterns"]
+           "discover_submissions", "suspicious_patterns", "grade_task", "host_context", "probe_imports"]
 
 STATUSES = ("ok", "failed-checks", "error", "timeout", "memory", "kernel-died", "not-a-notebook",
             "missing-parameters", "output-too-large", "grader-error")
-DEFAULT_MEMORY_MB = 6144  # lab 00 smoke peaks at ~4.4 GB of address space (torch), see book/instructors.md
+DEFAULT_MEMORY_MB = 6144  # resident under a cgroup; lab 00 smoke peaks at ~4.4 GB of address space (RLIMIT_AS)
 DEFAULT_MAX_OUTPUT_MB = 16.0
 KERNEL_NAME = "labkit-grader"
 WORKDIR_MB = 1024  # the work folder is a tmpfs of this size when namespaces are available
@@ -108,6 +110,8 @@ class BatchReport:
     resumed: list[str]
     isolation: Isolation
     wall_s: float
+    memory: MemoryCap | None = None
+    executor: str = ""
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -125,6 +129,10 @@ class BatchReport:
             mean = sum(r.total for r in self.results) / n
             lines.append(f"  mean points         {mean:.2f} / {self.results[0].max:g}")
         lines.append(f"isolation: {self.isolation.describe()}")
+        if self.memory is not None:
+            lines.append(f"memory: {self.memory.describe()}")
+        if self.executor:
+            lines.append(f"executor: {self.executor}")
         lines.append(f"grades: {self.output_dir / 'grades.csv'}")
         return "\n".join(lines)
 
@@ -216,9 +224,9 @@ class _Stopped(Exception):
 
 @dataclass
 class _Context:
+    """What one grading process needs; built on the host that runs the sandboxes (:func:`host_context`)."""
+
     lab: InstructorLab
-    out: Path
-    submissions: Path
     profile: str
     timeout_cell: float
     timeout_total: float
@@ -226,17 +234,122 @@ class _Context:
     max_output_bytes: int
     start_timeout: int
     isolation: Isolation
+    memcap: MemoryCap
     batch_root: Path
     results_src: str
     threads: int
     hide_dirs: list[str]
     hide_files: list[str]
     keep: list[str]
+    allow: list[str]
     python: str
     env_extra: dict[str, str]
     params: dict[str, Any]
     fingerprint_base: str
     stop: threading.Event = field(default_factory=threading.Event)
+
+
+_HOSTS: dict[str, _Context] = {}
+
+
+def host_context(spec: dict[str, Any]) -> _Context:
+    """The grading context of this process for a batch ``spec`` (picklable; see
+    :func:`grade_submissions`): probes the sandbox and the memory cap of this machine once."""
+    key = spec["batch_id"]
+    if key in _HOSTS:
+        return _HOSTS[key]
+    iso = probe_isolation(sys.executable, mode=spec["isolation"])
+    memcap = choose_memory_cap(spec["memory_mb"], mode=spec["memory_cap"])
+    allow = allowlist(extra=spec["allow"]) if iso.allowlist else []
+    keep = sorted({str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                                                    Path(sys.executable).resolve().parent, _repo_root() / "labkit",
+                                                    *[q for q in sys.path if q and Path(q).is_dir()])})
+    env_extra: dict[str, str] = {}
+    try:
+        from ..storage import data_root
+
+        root = data_root()
+        if root.exists():
+            env_extra["LABKIT_DATA"] = str(root)
+            keep.append(str(root))
+    except Exception:  # noqa: BLE001 - no data root: the embedded data needs none
+        pass
+    for k in ("TORCH_HOME", "LABKIT_DEVICE"):
+        if os.environ.get(k):
+            env_extra[k] = os.environ[k]
+    batch_root = Path(tempfile.mkdtemp(prefix="labkit-grade-"))
+    import atexit
+
+    atexit.register(shutil.rmtree, batch_root, True)
+    threads = int(spec.get("threads") or 0) or max(1, (os.cpu_count() or 1) // max(1, int(spec.get("slots", 1))))
+    hide_dirs = list(spec["hide_dirs"]) + [str(Path(tempfile.gettempdir()).resolve()), str(Path.home().resolve())]
+    ctx = _Context(lab=spec["lab"], profile=spec["profile"], timeout_cell=float(spec["timeout_cell"]),
+                   timeout_total=float(spec["timeout_total"]), memory_mb=int(spec["memory_mb"]),
+                   max_output_bytes=int(spec["max_output_bytes"]), start_timeout=int(spec["start_timeout"]),
+                   isolation=iso, memcap=memcap, batch_root=batch_root, results_src=spec["results_src"],
+                   threads=threads, hide_dirs=hide_dirs, hide_files=list(spec["hide_files"]), keep=keep,
+                   allow=allow, python=sys.executable, env_extra=env_extra, params=dict(spec["params"]),
+                   fingerprint_base=spec["fingerprint_base"])
+    _HOSTS[key] = ctx
+    return ctx
+
+
+def _sandbox_prefix(ctx: _Context, workdir: Path) -> list[str]:
+    if ctx.isolation.allowlist:
+        return bwrap_argv(ctx.isolation.bwrap, workdir=str(workdir), seed=str(workdir), paths=ctx.allow,
+                          workdir_mb=WORKDIR_MB)
+    return list(ctx.isolation.prefix)
+
+
+def probe_imports(ctx: _Context) -> str:
+    """Import what the lab imports (torch, numpy, labkit, ...) in a sandbox under the memory cap,
+    as a correct notebook would; raise :class:`ConfigurationError` naming the limit if it fails.
+    Returns a one-line report (peak memory where known)."""
+    import importlib.util
+    import subprocess
+
+    mods = sorted({m.split(".")[0] for m in ctx.lab.aliases.values()} | {"labkit"})
+    mods = [m for m in mods if importlib.util.find_spec(m) is not None]
+    snippet = ("import importlib, resource, sys\n"
+               "m = int(sys.argv[1])\n"
+               "if m > 0:\n"
+               "    resource.setrlimit(resource.RLIMIT_AS, (m, m))\n"
+               "for name in sys.argv[2:]:\n"
+               "    importlib.import_module(name)\n"
+               "if 'torch' in sys.modules:\n"
+               "    import torch\n"
+               "    float(torch.ones(64, 64).matmul(torch.ones(64, 64)).sum())\n"
+               "print('LABKIT-PROBE-OK', flush=True)\n")
+    jobdir = Path(tempfile.mkdtemp(prefix="probe-", dir=ctx.batch_root))
+    workdir = jobdir / "work"
+    (workdir / ".tmp").mkdir(parents=True)
+    (workdir / ".config" / "matplotlib").mkdir(parents=True)
+    slot = ctx.memcap.open("probe")
+    try:
+        cmd = [*slot.prefix, *_sandbox_prefix(ctx, workdir), ctx.python, "-c", snippet,
+               str(ctx.memcap.rlimit_bytes), *mods]
+        env = _env(ctx, workdir)
+        if ctx.isolation.allowlist:  # the tmpfs work folder starts empty: let python create nothing there
+            env["TMPDIR"] = str(workdir)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=workdir,
+                                  start_new_session=True)
+            rc, out, err = proc.returncode, proc.stdout, proc.stderr
+        except subprocess.TimeoutExpired:
+            rc, out, err = -1, "", "the import probe ran over 600 s"
+        oom, peak = slot.oom_kills(), slot.peak_mb()
+    finally:
+        slot.close()
+        shutil.rmtree(jobdir, ignore_errors=True)
+    if rc != 0 or "LABKIT-PROBE-OK" not in out:
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        why = "killed by the OOM killer" if oom else (lines[-1][:300] if lines else f"exit code {rc}")
+        hint = ("the CUDA build of torch needs about 3000 MB of address space under RLIMIT_AS; raise --memory-mb "
+                "or give the grader a memory cgroup" if ctx.memcap.mechanism == "rlimit" else "raise --memory-mb")
+        raise ConfigurationError(f"configuration error: a correct notebook cannot import {', '.join(mods)} under the "
+                                 f"memory cap --memory-mb {ctx.memory_mb} ({ctx.memcap.describe()}): {why}. {hint}; "
+                                 "no submission was graded")
+    return f"imported {', '.join(mods)} under the cap" + (f" (peak {peak:.0f} MB resident)" if peak else "")
 
 
 def _prepare_notebook(nb: Any, n_hidden: int, guard: str) -> Any:
@@ -291,6 +404,8 @@ def _env(ctx: _Context, workdir: Path) -> dict[str, str]:
         "MKL_NUM_THREADS": str(ctx.threads),
         "LABKIT_PROGRESS": "plain",
         "LABKIT_WIDGETS": "off",  # no frontend: explorers build nothing (see labkit.widgets)
+        "USER": "student",
+        "LOGNAME": "student",
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
     }
     if os.environ.get("LABKIT_GRADER_DEBUG"):
@@ -301,15 +416,21 @@ def _env(ctx: _Context, workdir: Path) -> dict[str, str]:
     return env
 
 
-def _prepare_workdir(ctx: _Context, sub_id: str, path: Path) -> tuple[Path, Path]:
+def _prepare_workdir(ctx: _Context, sub_id: str, path: Path | str, raw: bytes | None = None) -> tuple[Path, Path]:
     jobdir = Path(tempfile.mkdtemp(prefix=f"{sub_id[:40]}-", dir=ctx.batch_root))
     workdir = jobdir / "work"
     g = workdir / ".labkit-grader"
     for d in (workdir / ".tmp", workdir / ".config" / "matplotlib", g / "share" / "kernels" / KERNEL_NAME,
               g / "runtime", g / "ipython", g / "config", g / "data"):
         d.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, workdir / (re.sub(r"[^A-Za-z0-9_.-]", "_", path.name) or "submission.ipynb"))
-    spec = {"argv": kernel_argv(ctx.python, ctx.memory_mb * 2**20), "display_name": "labkit grader",
+    target = workdir / (re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).name) or "submission.ipynb")
+    if raw is None:
+        shutil.copyfile(path, target)
+    else:
+        target.write_bytes(raw)
+    memcap = getattr(ctx, "memcap", None)
+    rlimit = memcap.rlimit_bytes if memcap is not None else ctx.memory_mb * 2**20
+    spec = {"argv": kernel_argv(ctx.python, rlimit), "display_name": "labkit grader",
             "language": "python", "metadata": {"debugger": False}}
     (g / "share" / "kernels" / KERNEL_NAME / "kernel.json").write_text(json.dumps(spec))
     # matplotlib's font list, so that every kernel does not rebuild it (seconds)
@@ -323,12 +444,14 @@ def _error_outputs(cell: Any) -> list[Any]:
     return [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
 
 
-def _grade_one(ctx: _Context, sub_id: str, path: Path) -> GradeResult:
+def _grade_one(ctx: _Context, sub_id: str, path: Path, raw: bytes | None = None) -> tuple[GradeResult, str | None]:
+    """Grade one submission on this host; returns its result and the executed notebook's text."""
     import nbformat
 
     t0 = time.monotonic()
     lab = ctx.lab
-    raw = path.read_bytes()
+    path = Path(path)
+    raw = path.read_bytes() if raw is None else raw
     res = GradeResult(id=sub_id, status="ok", max=lab.max_points, source=str(path), lab=lab.name,
                       profile=ctx.profile, isolation=ctx.isolation.mode,
                       fingerprint=hashlib.sha256(raw + ctx.fingerprint_base.encode()).hexdigest(),
@@ -348,7 +471,7 @@ def _grade_one(ctx: _Context, sub_id: str, path: Path) -> GradeResult:
         res.checks = [{"name": c.name, "passed": False, "points": 0.0, "max": c.points, "detail": "not run"}
                       for c in lab.checks]
         res.wall_s = time.monotonic() - t0
-        return res
+        return res, None
     res.flags = [f"review: {name}" for name in suspicious_patterns(nb)]
     has_params = any(c.cell_type == "code" and "parameters" in _tags(c) for c in nb.cells)
     token = secrets.token_hex(8)
@@ -358,7 +481,7 @@ def _grade_one(ctx: _Context, sub_id: str, path: Path) -> GradeResult:
     guard = guard_cell(token=token, results_source=ctx.results_src, modules=heavy,
                        aliases=lab.aliases, labkit_names=lab.labkit_names)
     nb = _prepare_notebook(nb, len(lab.hidden_cells), guard)
-    jobdir, workdir = _prepare_workdir(ctx, sub_id, path)
+    jobdir, workdir = _prepare_workdir(ctx, sub_id, path, raw)
     params = {"PROFILE": ctx.profile}
     for key in ("DATA", "SEED"):
         if key in lab.parameters:
@@ -369,8 +492,10 @@ def _grade_one(ctx: _Context, sub_id: str, path: Path) -> GradeResult:
         "kernel_name": KERNEL_NAME, "timeout_cell": ctx.timeout_cell, "timeout_total": ctx.timeout_total,
         "start_timeout": ctx.start_timeout, "max_output_bytes": ctx.max_output_bytes,
         "max_output_bytes_grader": max(ctx.max_output_bytes, 1 << 20),
-        "driver_memory_bytes": (ctx.memory_mb + 2048) * 2**20 if ctx.memory_mb else 0,
-        "max_file_bytes": 1 << 30, "workdir_mb": WORKDIR_MB, "namespaces": bool(ctx.isolation.prefix),
+        "driver_memory_bytes": (ctx.memory_mb + 2048) * 2**20 if ctx.memcap.mechanism == "rlimit" else 0,
+        "max_file_bytes": 1 << 30, "workdir_mb": WORKDIR_MB,
+        "namespaces": ctx.isolation.kind == "unshare" and bool(ctx.isolation.prefix),
+        "seed_dir": "/run/labkit-seed" if ctx.isolation.allowlist else "",
         "hide_dirs": ctx.hide_dirs + [str(ctx.batch_root)], "hide_files": ctx.hide_files, "keep": ctx.keep,
     }
 
@@ -378,10 +503,14 @@ def _grade_one(ctx: _Context, sub_id: str, path: Path) -> GradeResult:
         return {"restore": restore_cell(token), "hidden": list(lab.hidden_cells), "collect": collect_cell(token, nonce)}
 
     hard = ctx.timeout_total + ctx.timeout_cell * (len(lab.hidden_cells) + 3) + ctx.start_timeout + 30
+    slot = ctx.memcap.open(sub_id)
     try:
+        prefix = [*slot.prefix, *_sandbox_prefix(ctx, workdir)]
         outcome = run_sandbox(job, hidden, isolation=ctx.isolation, env=_env(ctx, workdir),
-                              hard_timeout=hard, python=ctx.python, stop=ctx.stop)
+                              hard_timeout=hard, python=ctx.python, stop=ctx.stop, prefix=prefix)
+        outcome.oom_kills = slot.oom_kills()
     finally:
+        slot.close()
         shutil.rmtree(jobdir, ignore_errors=True)
     if outcome.stopped:
         raise _Stopped(sub_id)
@@ -389,10 +518,39 @@ def _grade_one(ctx: _Context, sub_id: str, path: Path) -> GradeResult:
                      and c.metadata.get("labkit_grader", {}).get("kind") == "student")
     _classify(ctx, res, outcome, nonce, has_params, code)
     res.wall_s = time.monotonic() - t0
+    executed = None
     if outcome.done and outcome.done.get("nb"):
-        executed = _executed_notebook(outcome.done["nb"])
-        _write_atomic(ctx.out / sub_id / "executed.ipynb", nbformat.writes(executed))
-    return res
+        executed = nbformat.writes(_executed_notebook(outcome.done["nb"]))
+    return res, executed
+
+
+def grade_task(spec: dict[str, Any], sub_id: str, name: str, raw: bytes) -> dict[str, Any]:
+    """One submission, as a task of any executor (threads here, a Dask worker elsewhere): the
+    submission travels as bytes, the result comes back as ``{"result": ..., "executed": ...}``;
+    only the process that called :func:`grade_submissions` writes files."""
+    _not_dumpable()
+    ctx = host_context(spec)
+    try:
+        res, executed = _grade_one(ctx, sub_id, Path(name), raw)
+    except _Stopped:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one submission never stops the batch
+        lab = ctx.lab
+        res, executed = GradeResult(id=sub_id, status="grader-error", max=lab.max_points, source=name, lab=lab.name,
+                                    profile=ctx.profile, message=f"{type(exc).__name__}: {exc}"[:500],
+                                    points={c.name: 0.0 for c in lab.checks}), None
+    res.source = spec["sources"].get(sub_id, name)
+    return {"result": asdict(res), "executed": executed}
+
+
+def _not_dumpable() -> None:
+    """The process holding the hidden tests cannot be read by same-user processes (Linux prctl)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _student_index(cell: Any) -> int | None:
@@ -424,7 +582,9 @@ def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: s
     res.checks = [{"name": c.name, "passed": False, "points": 0.0, "max": c.points, "detail": "not run"}
                   for c in lab.checks]
     if not outcome.done or done.get("fatal"):
-        if outcome.killed:
+        if outcome.oom_kills and not outcome.stopped:
+            res.status, res.message = "memory", f"the sandbox was killed at the memory cap ({ctx.memory_mb} MB)"
+        elif outcome.killed:
             res.status, res.message = "timeout", f"killed at the hard time limit after {outcome.wall_s:.0f} s"
         else:
             why = done.get("fatal") or outcome.protocol_error or f"the sandbox exited with code {outcome.returncode}"
@@ -526,6 +686,8 @@ def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: s
         memory = True
     if exc.get("type") == "DeadKernelError" and kernel_exit in (-9, 137):
         memory = True  # SIGKILL: the kernel's memory cgroup / the OOM killer
+    if getattr(outcome, "oom_kills", 0):
+        memory = True  # the memory cgroup's OOM killer ended a process of the sandbox
 
     def where(i: int) -> str:
         idx = _student_index(cells[i])
@@ -675,21 +837,36 @@ def _check_number(name: str, value: Any, *, minimum: float, integer: bool = Fals
         raise ValueError(f"{name} must be {kind} >= {minimum:g}, got {value!r}")
 
 
+EXECUTORS = ("auto", "dask", "threads")
+
+
 def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, output_dir: str | os.PathLike, *,
                       profile: str = "smoke", timeout_cell: float = 120, timeout_total: float = 900,
                       memory_mb: int = DEFAULT_MEMORY_MB, jobs: int = 1, force: bool = False,
                       max_output_mb: float = DEFAULT_MAX_OUTPUT_MB, start_timeout: int = 60,
                       parameters: dict[str, Any] | None = None, isolation: str = "auto",
+                      memory_cap: str = "auto", allow: list[str] | tuple[str, ...] = (),
+                      scheduler: str | None = None, executor: str = "auto",
                       log: Callable[[str], None] | None = print) -> BatchReport:
     """Grade every submission of ``submissions`` against the hidden tests of ``lab``.
 
     Writes ``OUT/<id>/executed.ipynb``, ``OUT/<id>/feedback.md``, ``OUT/<id>/result.json`` (last,
     atomically: its presence marks a graded submission) and rewrites ``OUT/grades.csv`` after
     each submission. Submissions already graded with the same file, lab and options are skipped
-    unless ``force``. ``memory_mb=0`` removes the memory cap. ``parameters`` sets other
-    parameters of the lab (e.g. ``{"WEIGHTS": "random"}``); ``PROFILE`` is ``profile`` and
-    ``DATA``/``SEED`` are the instructor notebook's defaults unless given here. Used by
-    ``labkit grade``.
+    unless ``force``. ``memory_mb=0`` removes the memory cap; ``memory_cap`` picks how it is
+    enforced (``"auto"``: a memory cgroup where possible, else ``RLIMIT_AS``; see
+    :mod:`labkit.grading.memory`). ``parameters`` sets other parameters of the lab (e.g.
+    ``{"WEIGHTS": "random"}``); ``PROFILE`` is ``profile`` and ``DATA``/``SEED`` are the
+    instructor notebook's defaults unless given here. ``allow``: more read-only paths for the
+    sandbox (bubblewrap's allowlist).
+
+    Executors: ``scheduler="tcp://host:8786"`` sends each submission as a task to an existing
+    Dask cluster; else ``jobs`` local Dask worker processes (``executor="dask"``, the default
+    when dask is installed) or ``jobs`` threads of this process (``executor="threads"``). The
+    results do not depend on the executor. Before any submission is graded, every host checks
+    its sandbox, its memory cap and that the lab's imports work under the cap
+    (:func:`probe_imports`); a failure raises ``ConfigurationError`` (a ``RuntimeError``).
+    Used by ``labkit grade``.
     """
     from ..config import PROFILES
 
@@ -703,6 +880,21 @@ def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, ou
     if 0 < memory_mb < 512:
         raise ValueError(f"memory_mb={memory_mb} is too small for a Python kernel; use >= 512 (or 0 for no cap)")
     _check_number("max_output_mb", max_output_mb, minimum=0.001)
+    if isolation not in ISOLATION_MODES:
+        raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
+    if memory_cap not in MEMORY_CAP_MODES:
+        raise ValueError(f"memory_cap must be one of {MEMORY_CAP_MODES}, got {memory_cap!r}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    if isinstance(allow, (str, os.PathLike)) or not all(isinstance(a, (str, os.PathLike)) for a in allow):
+        raise TypeError(f"allow must be a list of paths, got {allow!r}; e.g. allow=['/data/course']")
+    for a in allow:
+        if not Path(a).exists():
+            raise ValueError(f"allow path {str(a)!r} does not exist; give an existing file or folder or drop it")
+    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+        raise ValueError(f"scheduler must be a Dask scheduler address such as 'tcp://10.0.0.5:8786', got {scheduler!r}")
+    if scheduler is not None and executor == "threads":
+        raise ValueError("scheduler= needs executor='dask' (or 'auto'), got executor='threads'")
     t0 = time.monotonic()
     info = load_instructor_lab(lab)
     extra_params = dict(parameters or {})
@@ -715,50 +907,37 @@ def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, ou
     out = Path(output_dir).resolve()
     if _within(out, sub_dir):
         raise ValueError(f"output_dir {out} is inside the submissions folder {sub_dir}; choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
-    iso = probe_isolation(sys.executable, mode=isolation)
-    if log and not iso.prefix:
-        log(f"WARNING: grading without namespaces: {iso.describe()}")
-    batch_root = Path(tempfile.mkdtemp(prefix="labkit-grade-"))
-    keep = sorted({str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                                                    Path(sys.executable).resolve().parent, _repo_root() / "labkit",
-                                                    *[q for q in sys.path if q and Path(q).is_dir()])})
-    env_extra: dict[str, str] = {}
-    try:
-        from ..storage import data_root
+    use_dask = scheduler is not None or executor == "dask"
+    if executor == "auto" and scheduler is None:
+        import importlib.util
 
-        root = data_root()
-        if root.exists():
-            env_extra["LABKIT_DATA"] = str(root)
-            keep.append(str(root))
-    except Exception:  # noqa: BLE001 - no data root: the embedded data needs none
-        pass
-    for key in ("TORCH_HOME", "LABKIT_DEVICE"):
-        if os.environ.get(key):
-            env_extra[key] = os.environ[key]
+        use_dask = importlib.util.find_spec("distributed") is not None
+        if not use_dask and log:
+            log("dask.distributed is not installed: grading with threads of this process "
+                "(pip install -e '.[grade]' for worker processes and clusters)")
     repo = _repo_root()
     from ..runner import labs_dir
 
     hide_dirs = [str(p) for p in (info.path.parent.resolve(), labs_dir().resolve(), repo / ".git", repo / "_build",
-                                  sub_dir, out, Path(tempfile.gettempdir()).resolve(), Path.home().resolve())]
-    hide_files = [str(info.path.resolve())] + [str(p.resolve()) for _, p in subs]
-    ctx = _Context(lab=info, out=out, submissions=sub_dir, profile=profile, timeout_cell=float(timeout_cell),
-                   timeout_total=float(timeout_total), memory_mb=int(memory_mb),
-                   max_output_bytes=int(max_output_mb * 2**20), start_timeout=int(start_timeout), isolation=iso,
-                   batch_root=batch_root, results_src=_results_source(),
-                   threads=max(1, (os.cpu_count() or 1) // jobs), hide_dirs=hide_dirs, hide_files=hide_files,
-                   keep=keep, python=sys.executable, env_extra=env_extra,
-                   params=extra_params,
-                   fingerprint_base=json.dumps([info.digest, profile, timeout_cell, timeout_total, memory_mb,
-                                                sorted(extra_params.items())], default=str))
-    lock = threading.Lock()
+                                  sub_dir, out)]
+    spec: dict[str, Any] = {
+        "batch_id": secrets.token_hex(8), "lab": info, "profile": profile, "timeout_cell": float(timeout_cell),
+        "timeout_total": float(timeout_total), "memory_mb": int(memory_mb), "memory_cap": memory_cap,
+        "isolation": isolation, "allow": [str(Path(a).resolve()) for a in allow],
+        "max_output_bytes": int(max_output_mb * 2**20), "start_timeout": int(start_timeout),
+        "results_src": _results_source(), "hide_dirs": hide_dirs,
+        "hide_files": [str(info.path.resolve())] + [str(p.resolve()) for _, p in subs], "params": extra_params,
+        "fingerprint_base": json.dumps([info.digest, profile, timeout_cell, timeout_total, memory_mb,
+                                        sorted(extra_params.items())], default=str),
+        "slots": jobs, "sources": {sid: str(p) for sid, p in subs},
+    }
     results: dict[str, GradeResult] = {}
     resumed: list[str] = []
     todo: list[tuple[str, Path]] = []
     for sub_id, path in subs:
         prev = _load_result(out / sub_id / RESULT_FILE)
         if prev is not None and not force:
-            fp = hashlib.sha256(path.read_bytes() + ctx.fingerprint_base.encode()).hexdigest()
+            fp = hashlib.sha256(path.read_bytes() + spec["fingerprint_base"].encode()).hexdigest()
             if prev.fingerprint == fp:
                 results[sub_id] = prev
                 resumed.append(sub_id)
@@ -766,46 +945,94 @@ def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, ou
         todo.append((sub_id, path))
     if log and resumed:
         log(f"{len(resumed)} submission(s) already graded, skipped (use --force to regrade)")
+    lock = threading.Lock()
+    out.mkdir(parents=True, exist_ok=True)
 
-    def work(sub_id: str, path: Path) -> GradeResult | None:
-        if ctx.stop.is_set():
-            return None
-        try:
-            res = _grade_one(ctx, sub_id, path)
-        except _Stopped:
-            return None
-        except Exception as exc:  # noqa: BLE001 - one submission never stops the batch
-            res = GradeResult(id=sub_id, status="grader-error", max=info.max_points, source=str(path), lab=info.name,
-                              profile=profile, message=f"{type(exc).__name__}: {exc}"[:500],
-                              points={c.name: 0.0 for c in info.checks})
-        sub_out = out / sub_id
+    def record(payload: dict[str, Any]) -> GradeResult:
+        res = GradeResult(**{k: v for k, v in payload["result"].items() if k in GradeResult.__dataclass_fields__})
+        sub_out = out / res.id
+        if payload.get("executed"):
+            _write_atomic(sub_out / "executed.ipynb", payload["executed"])
         _write_atomic(sub_out / "feedback.md", _feedback(res, info.name))
         _write_atomic(sub_out / RESULT_FILE, json.dumps(asdict(res), indent=1, default=str))
         _write_csv(out, info, lock)
+        results[res.id] = res
+        if log:
+            log(f"{res.id:<24} {res.status:<18} {res.total:g}/{res.max:g}  {res.wall_s:5.1f} s  {res.message[:90]}")
         return res
+
+    if use_dask:
+        from .distributed import grade_on_dask
+
+        iso, memcap, executor_note = grade_on_dask(spec, todo, jobs=jobs, scheduler=scheduler, record=record, log=log)
+    else:
+        iso, memcap, executor_note = _grade_on_threads(spec, todo, jobs=jobs, record=record, log=log)
+    _write_csv(out, info, lock)
+    report = BatchReport(lab=info.name, output_dir=out, results=[results[s] for s, _ in subs if s in results],
+                         resumed=resumed, isolation=iso, wall_s=time.monotonic() - t0, memory=memcap,
+                         executor=executor_note)
+    if log:
+        log(report.summary())
+    return report
+
+
+def preflight(spec: dict[str, Any]) -> dict[str, Any]:
+    """This host's sandbox, memory cap and import probe for a batch (raises ConfigurationError)."""
+    ctx = host_context(spec)
+    return {"isolation": ctx.isolation, "memory": ctx.memcap, "probe": probe_imports(ctx),
+            "labkit": _grading_digest()}
+
+
+def _grading_digest() -> str:
+    """A digest of labkit's grading code: workers must run the same version as the client."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _grade_on_threads(spec: dict[str, Any], todo: list[tuple[str, Path]], *, jobs: int,
+                      record: Callable[[dict[str, Any]], GradeResult],
+                      log: Callable[[str], None] | None) -> tuple[Isolation, MemoryCap, str]:
+    _not_dumpable()
+    info = preflight(spec)
+    ctx = host_context(spec)
+    if log:
+        _warn(info["isolation"], info["memory"], log)
+        log(f"probe: {info['probe']}")
+
+    def work(sub_id: str, path: Path) -> dict[str, Any] | None:
+        if ctx.stop.is_set():
+            return None
+        try:
+            return grade_task(spec, sub_id, str(path), path.read_bytes())
+        except _Stopped:
+            return None
 
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        futures = {pool.submit(work, sid, p): sid for sid, p in todo}
+        futures = [pool.submit(work, sid, p) for sid, p in todo]
         for fut in as_completed(futures):
-            r = fut.result()
-            if r is None:
-                continue
-            results[r.id] = r
-            if log:
-                log(f"{r.id:<24} {r.status:<18} {r.total:g}/{r.max:g}  {r.wall_s:5.1f} s  {r.message[:90]}")
-        _write_csv(out, info, lock)
+            payload = fut.result()
+            if payload is not None:
+                record(payload)
     except BaseException:  # Ctrl-C: stop the running sandboxes, keep what is written
         ctx.stop.set()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(batch_root, ignore_errors=True)
-    report = BatchReport(lab=info.name, output_dir=out, results=[results[s] for s, _ in subs if s in results],
-                         resumed=resumed, isolation=iso, wall_s=time.monotonic() - t0)
-    if log:
-        log(report.summary())
-    return report
+        _HOSTS.pop(spec["batch_id"], None)
+        shutil.rmtree(ctx.batch_root, ignore_errors=True)
+    return info["isolation"], info["memory"], f"{jobs} thread(s) of this process"
+
+
+def _warn(iso: Isolation, memcap: MemoryCap, log: Callable[[str], None]) -> None:
+    if iso.kind == "none":
+        log(f"WARNING: grading without namespaces: {iso.describe()}")
+    elif not iso.allowlist:
+        log(f"WARNING: no bubblewrap allowlist, a weaker sandbox: {iso.describe()}")
+    if memcap.mechanism == "rlimit":
+        log(f"WARNING: {memcap.describe()}")
 
 
 def _within(path: Path, folder: Path) -> bool:

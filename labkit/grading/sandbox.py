@@ -20,6 +20,14 @@ and memory limits, the scrubbed environment, process-group clean-up and the tamp
 hidden tests still hold; network, file-system and process isolation do not, and the grader says
 so. The hidden tests and the nonce reach the driver only after the submission's cells have
 run (it asks for them over a private pipe), so they exist in no file the submission can read.
+
+Preferred over all of the above where it works: **bubblewrap** (``bwrap``, Debian's
+``bubblewrap``, Flatpak's sandbox), an allowlist. The sandbox's file system is built from
+nothing: the Python environment, the labkit package, the lab's data and a few system folders
+(:func:`allowlist`), all read-only, plus the submission's work folder (a size-capped tmpfs
+seeded from the grader's copy); no other path of the machine exists inside. New user, network,
+PID, IPC, UTS and cgroup namespaces, all capabilities dropped, its own session, and
+``--die-with-parent``. See :func:`bwrap_argv`.
 """
 
 from __future__ import annotations
@@ -36,7 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Isolation", "SandboxOutcome", "probe_isolation", "run_sandbox", "kernel_argv", "main"]
+__all__ = ["ISOLATION_MODES", "Isolation", "SandboxOutcome", "allowlist", "bwrap_argv", "probe_isolation",
+           "run_sandbox", "kernel_argv", "main"]
+
+ISOLATION_MODES = ("auto", "bwrap", "namespaces", "unshare", "none")
 
 UNSHARE_VARIANTS = (
     ("--user", "--map-root-user", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc"),
@@ -51,42 +62,185 @@ _MS_REC, _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 16384, 1 << 18, 1 << 21, 1
 
 @dataclass(frozen=True)
 class Isolation:
-    """What the sandbox enforces on this machine (found by :func:`probe_isolation`)."""
+    """What the sandbox enforces on this machine (found by :func:`probe_isolation`).
+
+    ``kind``: ``"bwrap"`` (allowlist: only the listed paths exist inside), ``"unshare"`` (a
+    blocklist: the instructor's files are hidden, the rest of the file system is readable) or
+    ``"none"``. ``prefix`` is the ``unshare`` command (empty for bwrap, whose command is built per
+    submission by :func:`bwrap_argv`).
+    """
 
     prefix: tuple[str, ...] = ()
     network: bool = False
     filesystem: bool = False
     processes: bool = False
     note: str = ""
+    kind: str = ""
+    bwrap: str = ""
 
     @property
     def mode(self) -> str:
+        if self.kind == "bwrap":
+            return "bwrap"
         return "namespaces" if self.prefix else "none"
 
+    @property
+    def allowlist(self) -> bool:
+        return self.kind == "bwrap"
+
     def describe(self) -> str:
-        parts = [f"network {'blocked' if self.network else 'NOT blocked'}",
-                 f"file system {'read-only outside the work folder, instructor files hidden' if self.filesystem else 'NOT isolated'}",
+        if self.allowlist:
+            fs = ("file system: an allowlist (bubblewrap): the Python environment, labkit and the lab's data "
+                  "read-only and the submission's own work folder; no other path exists")
+        elif self.filesystem:
+            fs = ("file system read-only outside the work folder, instructor files hidden by a BLOCKLIST: "
+                  "WEAKER isolation, other copies of the course on this machine stay readable (install "
+                  "bubblewrap: apt-get install bubblewrap)")
+        else:
+            fs = "file system NOT isolated"
+        parts = [f"network {'blocked' if self.network else 'NOT blocked'}", fs,
                  f"processes {'in a private PID namespace' if self.processes else 'in a process group only'}"]
         return "; ".join(parts) + (f" ({self.note})" if self.note else "")
 
 
 _PROBE_CACHE: dict[tuple[str, str], Isolation] = {}
 
+# System folders a Python kernel needs (read-only). /usr/local, /usr/src, /opt, /srv, /home, /root,
+# /tmp, /var are not among them: the Python environment is added by its own paths.
+SYSTEM_PATHS = ("/usr/bin", "/usr/lib", "/usr/lib64", "/usr/libexec", "/usr/share/fonts", "/usr/share/zoneinfo",
+                "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/fonts", "/etc/localtime",
+                "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts")
+
+
+def allowlist(*, extra: tuple[str, ...] | list[str] = (), python: str | None = None) -> list[str]:
+    """The paths a submission sees read-only under bubblewrap: :data:`SYSTEM_PATHS`, the Python
+    environment (the venv, the base interpreter's ``bin`` and ``lib``), the labkit package, the
+    lab's data root when it exists, and ``extra`` (each must exist: ``ValueError`` otherwise)."""
+    for p in extra:
+        if not isinstance(p, (str, os.PathLike)):
+            raise TypeError(f"allow paths must be strings, got {p!r}")
+        if not Path(p).exists():
+            raise ValueError(f"allow path {str(p)!r} does not exist; give an existing file or folder "
+                             "(--allow PATH) or drop it")
+    import labkit
+
+    paths = [p for p in SYSTEM_PATHS if os.path.lexists(p)]
+    prefixes = {sys.prefix, sys.exec_prefix}
+    for base in {sys.base_prefix, sys.base_exec_prefix}:
+        prefixes.update(str(Path(base, sub)) for sub in ("bin", "lib", "lib64"))
+    exe = Path(python or sys.executable)
+    prefixes.update({str(exe.parent), str(exe.resolve().parent.parent / "lib")})
+    prefixes.add(str(Path(labkit.__file__).resolve().parent))
+    try:
+        from ..storage import data_root
+
+        root = data_root()
+        if root.is_dir():
+            prefixes.add(str(root))
+    except Exception:  # noqa: BLE001 - no data root: the embedded data needs none
+        pass
+    prefixes.update(str(Path(p).resolve()) for p in extra)
+    kept: list[str] = []  # parents before children, nested paths dropped
+    for p in sorted(set(paths) | {p for p in prefixes if os.path.exists(p)}, key=lambda q: (q.count("/"), q)):
+        if not any(_within(p, k) for k in kept):
+            kept.append(p)
+    return kept
+
+
+def bwrap_argv(bwrap: str, *, workdir: str, seed: str, paths: list[str], workdir_mb: int = 0) -> list[str]:
+    """The ``bwrap`` command for one submission: ``paths`` read-only, an empty tmpfs at ``workdir``
+    (capped at ``workdir_mb`` MB; the driver copies ``seed`` into it) and nothing else."""
+    argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL",
+            "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    for link, target in (("/bin", "usr/bin"), ("/lib", "usr/lib"), ("/lib64", "usr/lib64"), ("/sbin", "usr/sbin")):
+        if os.path.islink(link) and os.readlink(link).lstrip("/") == target:
+            argv += ["--symlink", target, link]
+        elif os.path.isdir(link) and link != "/sbin":
+            argv += ["--ro-bind", link, link]
+    for p in paths:
+        argv += ["--ro-bind", p, p]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(64 * 2**20), "--tmpfs", "/dev/shm",
+             "--size", str(2**20), "--tmpfs", "/tmp"]
+    nvidia = sorted(str(p) for p in Path("/dev").glob("nvidia*"))
+    if nvidia:  # GPU grading: the devices and the sysfs CUDA reads (untested on this course's CI)
+        for d in nvidia:
+            argv += ["--dev-bind", d, d]
+        argv += ["--ro-bind-try", "/sys", "/sys"]
+    argv += ["--ro-bind", seed, "/run/labkit-seed"]
+    if workdir_mb > 0:
+        argv += ["--size", str(int(workdir_mb) * 2**20)]
+    argv += ["--perms", "0700", "--tmpfs", workdir, "--remount-ro", "/tmp", "--remount-ro", "/", "--chdir",
+             workdir]
+    return argv
+
 
 def probe_isolation(python: str | None = None, *, mode: str = "auto") -> Isolation:
-    """Find which ``unshare`` variant works here by running a tiny probe in it (cached).
+    """Find the strongest sandbox that works here by running a tiny probe in it (cached).
 
-    ``mode="none"`` skips the probe (no namespaces); ``"namespaces"`` raises ``RuntimeError``
-    when they are not available.
+    ``mode="auto"``: bubblewrap (allowlist), else ``unshare`` (blocklist, said loudly), else
+    none. ``"bwrap"`` and ``"namespaces"`` raise ``RuntimeError`` when bubblewrap / any namespace
+    sandbox does not work; ``"unshare"`` uses the blocklist sandbox even where bubblewrap works
+    (and fails without it); ``"none"`` skips the probe.
     """
-    if mode not in ("auto", "namespaces", "none"):
-        raise ValueError(f"isolation mode must be 'auto', 'namespaces' or 'none', got {mode!r}")
+    if mode not in ISOLATION_MODES:
+        raise ValueError(f"isolation mode must be one of {ISOLATION_MODES}, got {mode!r}")
     python = python or sys.executable
     if mode == "none":
-        return Isolation(note="namespaces switched off (isolation='none')")
+        return Isolation(note="namespaces switched off (isolation='none')", kind="none")
     key = (python, mode)
     if key in _PROBE_CACHE:
         return _PROBE_CACHE[key]
+    import shutil
+
+    bw_reason = ""
+    bwrap = shutil.which("bwrap")
+    if mode == "unshare":
+        bw_reason = "isolation='unshare' asked for"
+    elif bwrap is None:
+        bw_reason = "bubblewrap is not installed (apt-get install bubblewrap)"
+    else:
+        bw_reason = _probe_bwrap(bwrap, python)
+        if not bw_reason:
+            result = Isolation(network=True, filesystem=True, processes=True, kind="bwrap", bwrap=bwrap)
+            _PROBE_CACHE[key] = result
+            return result
+    if mode == "bwrap":
+        raise RuntimeError(f"isolation='bwrap' asked for, but bubblewrap does not work here: {bw_reason}")
+    result = _probe_unshare(python, mode)
+    if result.prefix:
+        result = Isolation(prefix=result.prefix, network=True, filesystem=True, processes=result.processes,
+                           kind="unshare", note="; ".join(x for x in (f"no allowlist: {bw_reason}", result.note) if x))
+    _PROBE_CACHE[key] = result
+    return result
+
+
+def _probe_bwrap(bwrap: str, python: str) -> str:
+    """'' when bubblewrap runs a sandbox with the allowlist here, else why not."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="labkit-probe-") as tmp:
+        seed, secret = Path(tmp, "seed"), Path(tmp, "secret")
+        seed.mkdir()
+        secret.mkdir()
+        (seed / "in.txt").write_text("in")
+        (secret / "s.txt").write_text("s")
+        work = str(Path(tmp, "work"))
+        try:
+            argv = bwrap_argv(bwrap, workdir=work, seed=str(seed), paths=allowlist(python=python), workdir_mb=4)
+            proc = subprocess.run([*argv, python, "-m", "labkit.grading.sandbox", "probe-allowlist", work, str(secret)],
+                                  capture_output=True, text=True, timeout=60, start_new_session=True,
+                                  env=_probe_env())
+        except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        report = json.loads(lines[-1]) if lines else {}
+        if proc.returncode == 0 and report.get("ok"):
+            return ""
+        err = (proc.stderr.strip().splitlines() or [""])[-1]
+        return f"bwrap: {report.get('error') or err or 'rc=' + str(proc.returncode)}"
+
+
+def _probe_unshare(python: str, mode: str) -> Isolation:
     import shutil
     import tempfile
 
@@ -119,13 +273,12 @@ def probe_isolation(python: str | None = None, *, mode: str = "auto") -> Isolati
                 err = (proc.stderr.strip().splitlines() or [""])[-1]
                 reasons.append(f"{' '.join(variant)}: {report.get('error') or err or 'rc=' + str(proc.returncode)}")
     if result is None:
-        if mode == "namespaces":
-            raise RuntimeError("isolation='namespaces' asked for, but user namespaces do not work here: " + "; ".join(reasons))
-        result = Isolation(note="unshare failed: " + "; ".join(reasons)[:500])
-    elif reasons:
-        result = Isolation(prefix=result.prefix, network=True, filesystem=True, processes=result.processes,
-                           note="no PID namespace: " + "; ".join(reasons)[:300])
-    _PROBE_CACHE[key] = result
+        if mode in ("namespaces", "unshare"):
+            raise RuntimeError(f"isolation={mode!r} asked for, but user namespaces do not work here: " + "; ".join(reasons))
+        return Isolation(note="unshare failed: " + "; ".join(reasons)[:500], kind="none")
+    if reasons:
+        return Isolation(prefix=result.prefix, network=True, filesystem=True, processes=result.processes,
+                         note="no PID namespace: " + "; ".join(reasons)[:300])
     return result
 
 
@@ -159,6 +312,7 @@ class SandboxOutcome:
     wall_s: float = 0.0
     isolation: dict[str, Any] = field(default_factory=dict)
     protocol_error: str = ""
+    oom_kills: int = 0  # processes of the sandbox the memory cgroup's OOM killer ended
 
 
 def _kill_group(pgid: int) -> None:
@@ -170,17 +324,19 @@ def _kill_group(pgid: int) -> None:
 
 def run_sandbox(job: dict[str, Any], hidden: Callable[[], dict[str, Any]], *, isolation: Isolation,
                 env: dict[str, str], hard_timeout: float, python: str | None = None,
-                tail_bytes: int = 20000, stop: Any = None) -> SandboxOutcome:
+                tail_bytes: int = 20000, stop: Any = None, prefix: list[str] | None = None) -> SandboxOutcome:
     """Run the driver on ``job``; ``hidden()`` gives the hidden-test payload when the driver asks.
 
     Kills the whole sandbox (process group, PID namespace, the kernel's group) when
     ``hard_timeout`` seconds have passed or ``stop`` (a ``threading.Event``) is set, and in
-    every case before returning.
+    every case before returning. ``prefix`` replaces ``isolation.prefix`` (the bwrap command,
+    the memory cgroup's wrapper).
     """
     python = python or sys.executable
     job_r, job_w = os.pipe()
     msg_r, msg_w = os.pipe()
-    cmd = [*isolation.prefix, python, "-m", "labkit.grading.sandbox", "driver", str(job_r), str(msg_w)]
+    cmd = [*(isolation.prefix if prefix is None else prefix), python, "-m", "labkit.grading.sandbox", "driver",
+           str(job_r), str(msg_w)]
     out = SandboxOutcome()
     start = time.monotonic()
     try:
@@ -391,6 +547,40 @@ def _probe(work: str, secret: str) -> int:
     return 0 if report["ok"] else 1
 
 
+def _probe_allowlist(work: str, secret: str) -> int:
+    """Inside bubblewrap: the work folder is seeded and writable, nothing else is, the secret
+    folder (outside the allowlist) does not exist, no network."""
+    import shutil
+    import socket
+
+    report: dict[str, Any] = {"ok": False}
+    try:
+        shutil.copytree("/run/labkit-seed", work, dirs_exist_ok=True)
+        if Path(work, "in.txt").read_text() != "in":
+            raise RuntimeError("the work folder was not seeded")
+        Path(work, "w.txt").write_text("w")
+        if os.path.exists(secret):
+            raise RuntimeError("a path outside the allowlist exists in the sandbox")
+        for target in ("/tmp/x.txt", "/x.txt", os.path.join(sys.prefix, "x.txt")):
+            try:
+                Path(target).write_text("x")
+                raise RuntimeError(f"could write {target}")
+            except OSError:
+                pass
+        with socket.socket() as s:
+            s.settimeout(2)
+            try:
+                s.connect(("1.1.1.1", 53))
+                raise RuntimeError("the network is reachable")
+            except OSError:
+                pass
+        report.update(ok=True)
+    except Exception as exc:  # report why; the parent falls back
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    print(json.dumps(report), flush=True)
+    return 0 if report["ok"] else 1
+
+
 class _Driver:
     """Runs the submission with papermill and reports back over the message pipe."""
 
@@ -445,6 +635,14 @@ class _Driver:
                 _loopback_up()
                 notes = _isolate_files(job["workdir"], job.get("hide_dirs", []), job.get("hide_files", []),
                                        keep=job.get("keep", []), workdir_mb=int(job.get("workdir_mb") or 0))
+            except Exception as exc:
+                self.send(event="done", fatal=f"sandbox set-up failed: {type(exc).__name__}: {exc}")
+                return 3
+        if job.get("seed_dir"):  # bubblewrap: the work folder is an empty tmpfs, filled from the seed
+            import shutil
+
+            try:
+                shutil.copytree(job["seed_dir"], job["workdir"], symlinks=True, dirs_exist_ok=True)
             except Exception as exc:
                 self.send(event="done", fatal=f"sandbox set-up failed: {type(exc).__name__}: {exc}")
                 return 3
@@ -614,6 +812,8 @@ def main(argv: list[str] | None = None) -> int:
         return _Driver(int(argv[1]), int(argv[2])).run()
     if len(argv) == 3 and argv[0] == "probe":
         return _probe(argv[1], argv[2])
+    if len(argv) == 3 and argv[0] == "probe-allowlist":
+        return _probe_allowlist(argv[1], argv[2])
     print("usage: python -m labkit.grading.sandbox driver JOB_FD MSG_FD | probe WORK SECRET", file=sys.stderr)
     return 2
 
