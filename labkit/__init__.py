@@ -27,6 +27,7 @@ _MODULES = (
     "attribution",
     "deconv",
     "feature_vis",
+    "style",
     "adversarial",
     "embeddings",
     "metrics",

@@ -14,8 +14,9 @@ Used in lab 04 (and the activation maps of lab 05).
 from __future__ import annotations
 
 import math
+import contextlib
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -306,3 +307,219 @@ def activation_maximization(model: nn.Module, layer: str, channel: int | Sequenc
                    blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter, clip_percentile=clip_percentile,
                    init=init, seed=seed, mean=mean, std=std, clamp=clamp, callback=callback,
                    return_history=return_history)
+
+
+# ---------------------------------------------------------------------------------------------
+# Representation inversion (Mahendran & Vedaldi 2015) and the image-optimization loop it shares
+# with texture synthesis and style transfer (labkit.style). Used in lab 11.
+
+__all__ += ["features_at", "total_variation", "optimize_image", "invert_features"]
+
+
+class _StopForward(Exception):
+    """Raised by :func:`features_at`'s stop hook once every requested layer has produced its output."""
+
+
+def _check_layers(model: nn.Module, layers: str | Sequence[str], fn: str) -> list[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    if not isinstance(layers, Sequence) or not layers or not all(isinstance(n, str) for n in layers):
+        raise ValueError(f"{fn}: layers must be a dotted layer name or a non-empty list of them "
+                         f"(see lk.layer_names(model)), got {layers!r}")
+    layers = list(layers)
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"{fn}: layers has duplicates {layers}; name each layer once")
+    for name in layers:
+        get_layer(model, name)  # unknown names raise ValueError listing the valid ones
+    return layers
+
+
+def features_at(model: nn.Module, images: Tensor, layers: str | Sequence[str], *, detach: bool = True,
+                stop_early: bool = True) -> dict[str, Tensor]:
+    """The outputs of ``layers`` for ``images``: ``{layer: [B, C, H, W]}`` in one forward pass.
+
+    Read with ``lk.capture`` (the one hook mechanism). With ``stop_early`` the forward pass stops
+    as soon as every requested layer has produced an output (a private exception raised by a
+    forward hook, caught here): inverting or matching an early layer then costs only the layers
+    before it. Do not use it for a model that calls a requested module twice per forward pass
+    (``stop_early=False`` keeps the last call's output, as ``lk.capture`` does). ``detach=False``
+    keeps the graph, so that a loss on the features can be back-propagated to ``images`` (the
+    image-optimization loops of lab 11); ``detach=True`` runs without gradients. The model's modes
+    are not changed here (callers put it in eval mode); every hook is removed before returning,
+    also on errors. ``images`` is not modified. Used in lab 11.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"features_at: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(images, Tensor):
+        raise TypeError(f"features_at: images must be a tensor [B, C, H, W], got {type(images).__name__}")
+    for name, v in (("detach", detach), ("stop_early", stop_early)):
+        if not isinstance(v, bool):
+            raise TypeError(f"features_at: {name} must be True or False, got {v!r}")
+    layers = _check_layers(model, layers, "features_at")
+    remaining = set(layers)
+
+    def stop(module: nn.Module, args: tuple, output: Any) -> None:
+        remaining.discard(names[id(module)])
+        if not remaining:
+            raise _StopForward
+
+    names = {id(get_layer(model, n)): n for n in layers}
+    handles = []
+    grad = torch.no_grad() if detach else contextlib.nullcontext()
+    try:
+        with capture(model, layers, detach=detach) as cap, grad:
+            if stop_early:
+                handles = [get_layer(model, n).register_forward_hook(stop) for n in layers]
+            try:
+                model(images)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in layers if n not in cap.activations]
+    if missing:
+        raise ValueError(f"features_at: the layers {missing} were not called by the model's forward pass; "
+                         "pick layers that the forward pass uses (see lk.layer_names(model))")
+    return {n: cap.activations[n] for n in layers}
+
+
+def total_variation(images: Tensor, *, beta: float = 2.0) -> Tensor:
+    """Mahendran & Vedaldi 2015's total-variation prior, one value per image: ``[B, C, H, W]`` -> ``[B]``.
+
+    ``TV_beta(x) = mean over pixels and channels of ((x[i, j+1] - x[i, j])^2 + (x[i+1, j] - x[i, j])^2)^(beta / 2)``
+    on the ``(H - 1) x (W - 1)`` pixels that have both neighbours. ``beta = 2`` is the squared
+    gradient (smooth images), ``beta = 1`` the usual TV (sharp edges allowed). A constant image
+    gives 0; a one-channel 2x2 image ``[[0, 1], [0, 0]]`` gives ``(1^2 + 0^2)^(beta/2) = 1``.
+    Used in lab 11 as the natural-image prior of inversion, texture synthesis and style transfer.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"total_variation: images must be a tensor [B, C, H, W], got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[-1] < 2 or images.shape[-2] < 2:
+        raise ValueError(f"total_variation: images must be [B, C, H, W] with H, W >= 2, got {tuple(images.shape)}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
+        raise ValueError(f"total_variation: beta must be a number > 0 (2: squared gradient, 1: TV), got {beta!r}")
+    dx = images[..., :-1, 1:] - images[..., :-1, :-1]
+    dy = images[..., 1:, :-1] - images[..., :-1, :-1]
+    sq = dx**2 + dy**2
+    # (eps keeps the gradient of the power finite at 0 for beta < 2)
+    val = sq if beta == 2 else (sq + 1e-8) ** (beta / 2)
+    return val.flatten(1).mean(1)
+
+
+def optimize_image(model: nn.Module, loss: Callable[[Tensor], Tensor], init: Tensor, *, steps: int = 200,
+                   lr: float = 0.05, tv: float = 0.0, tv_beta: float = 2.0, jitter: int = 0, blur_every: int = 0,
+                   blur_sigma: float = 0.5, seed: int = 0, clamp: tuple[float, float] | None = (0.0, 1.0),
+                   callback: Callable | None = None,
+                   return_history: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Minimize ``loss(x) + tv * TV(x)`` over the pixels of images ``x`` with Adam: the loop of lab 11.
+
+    ``loss(x)`` returns one value per image (``[B]``, usually a function of ``model``'s features of
+    ``x``). The images start at ``init`` (``[B, C, H, W]`` pixels, copied, never modified) and are
+    kept in ``clamp`` after each step. Image priors, as in :func:`class_visualization`: ``tv`` weights
+    :func:`total_variation` (``tv_beta``; Mahendran & Vedaldi 2015), ``jitter`` rolls the image by up
+    to that many pixels before each evaluation (Yosinski et al. 2015; the roll is drawn from a
+    ``torch.Generator`` seeded with ``seed``), ``blur_every`` steps a Gaussian blur of ``blur_sigma``
+    pixels. Adam (not class_visualization's normalized step) because inversion and style transfer
+    minimize a loss towards a target and need steps that shrink near it. ``model`` is in eval mode
+    with frozen parameters during the loop and left as found (modes, ``requires_grad``) even when
+    ``loss`` raises. ``callback(step, images)`` after every step. Returns the images (and, with
+    ``return_history``, the ``[B, steps + 1]`` values of ``loss`` without the prior, the last on the
+    final images without jitter). Used in lab 11 (inversion, texture synthesis, style transfer).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimize_image: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss):
+        raise TypeError(f"optimize_image: loss must be a function images -> [B] losses, got {loss!r}")
+    if not isinstance(init, Tensor) or init.dim() != 4:
+        raise ValueError("optimize_image: init must be a tensor of images [B, C, H, W] in pixel space, got "
+                         f"{tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__}")
+    for name, v in (("steps", steps), ("blur_every", blur_every), ("jitter", jitter)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"optimize_image: {name} must be an int >= 0 (0 disables), got {v!r}")
+    for name, v in (("lr", lr), ("tv", tv), ("blur_sigma", blur_sigma)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"optimize_image: {name} must be a number >= 0, got {v!r}")
+    if clamp is not None and (not isinstance(clamp, (tuple, list)) or len(clamp) != 2
+                              or not float(clamp[0]) < float(clamp[1])):
+        raise ValueError(f"optimize_image: clamp must be a pixel range (low, high) with low < high, or None, "
+                         f"got {clamp!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"optimize_image: callback must be callable(step, images) or None, got {callback!r}")
+    total_variation(init[:1, :, :2, :2], beta=tv_beta)  # validates tv_beta
+    gen = make_generator(seed)
+    x = init.detach().clone().float()
+    if clamp is not None:
+        x = x.clamp(float(clamp[0]), float(clamp[1]))
+    x.requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=float(lr))
+    history: list[Tensor] = []
+    b = x.shape[0]
+    with _frozen(model), torch.enable_grad():
+        for step in range(steps):
+            xin = x
+            if jitter:
+                dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
+                xin = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+            value = loss(xin)
+            if not isinstance(value, Tensor) or value.shape != (b,):
+                raise ValueError(f"optimize_image: loss must return one value per image, shape ({b},), got "
+                                 f"{tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__}")
+            history.append(value.detach().float().cpu())
+            total = value.sum() + (tv * total_variation(x, beta=tv_beta).sum() if tv else 0.0)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            with torch.no_grad():
+                if blur_every and (step + 1) % blur_every == 0 and blur_sigma > 0:
+                    x.copy_(gaussian_blur(x, blur_sigma))
+                if clamp is not None:
+                    x.clamp_(float(clamp[0]), float(clamp[1]))
+            if callback is not None:
+                callback(step, x.detach())
+        if return_history:
+            with torch.no_grad():
+                history.append(loss(x.detach()).detach().float().cpu())
+    out = x.detach()
+    if return_history:
+        return out, torch.stack(history, 1)
+    return out
+
+
+def invert_features(model: nn.Module, images: Tensor, layer: str, *, steps: int = 200, lr: float = 0.05,
+                    tv: float = 1.0, tv_beta: float = 2.0, jitter: int = 0, blur_every: int = 0,
+                    blur_sigma: float = 0.5, init: Tensor | None = None, seed: int = 0,
+                    return_history: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Mahendran & Vedaldi 2015: an image whose features at ``layer`` match those of ``images``.
+
+    ``argmin_x ||Phi(x) - Phi(x0)||^2 / ||Phi(x0)||^2 + tv * TV(x)``, one reconstruction per image
+    (``[B, 3, H, W]`` in ``[0, 1]``), from seeded noise around grey (``init`` overrides it), by
+    :func:`optimize_image` (Adam, ``tv`` prior, ``jitter``, ``blur_every``); the forward pass stops at
+    ``layer`` (:func:`features_at`). The relative feature error makes one ``tv`` fit every depth. With
+    ``return_history`` also the ``[B, steps + 1]`` relative feature errors. The model is left as
+    found; ``images`` is not modified. Used in lab 11.
+    """
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError("invert_features: images must be a tensor [B, C, H, W] in [0, 1], got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"invert_features: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(layer, str):
+        raise TypeError(f"invert_features: layer must be one dotted layer name (str), got {layer!r}")
+    _check_layers(model, layer, "invert_features")
+    if init is None:
+        g = make_generator(seed)
+        init = (0.5 + 0.05 * torch.randn(images.shape, generator=g)).clamp(0, 1).to(images.device)
+    elif not isinstance(init, Tensor) or init.shape != images.shape:
+        raise ValueError(f"invert_features: init must be None or a tensor of the images' shape {tuple(images.shape)}, "
+                         f"got {tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__}")
+    with _frozen(model):
+        target = features_at(model, images.detach(), layer)[layer]
+    norm = target.flatten(1).pow(2).sum(1).clamp_min(1e-12)
+
+    def loss(x: Tensor) -> Tensor:
+        f = features_at(model, x, layer, detach=False)[layer]
+        return (f - target).flatten(1).pow(2).sum(1) / norm
+
+    return optimize_image(model, loss, init, steps=steps, lr=lr, tv=tv, tv_beta=tv_beta, jitter=jitter,
+                          blur_every=blur_every, blur_sigma=blur_sigma, seed=seed, return_history=return_history)
