@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .device import model_device
 from .hooks import preserve_state
 from .reproducibility import make_generator
 
@@ -316,11 +317,6 @@ def _batches(n: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, n))
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     with preserve_state(model):
@@ -345,7 +341,7 @@ def robust_accuracy(model: nn.Module, images: Tensor, labels: Tensor, attack, ep
     eps_list = [_check_number(e, "epsilons entry") for e in epsilons]
     if not eps_list:
         raise ValueError("epsilons must hold at least one value, e.g. [0.05, 0.1]")
-    device = _model_device(model)
+    device = model_device(model)
     y = _check_labels(labels, len(x), device)
     out = {}
     for eps in eps_list:
@@ -374,9 +370,9 @@ def transfer_success_rate(source: nn.Module, target: nn.Module, images: Tensor, 
     if x.shape != adv.shape:
         raise ValueError(f"adversarial has shape {tuple(adv.shape)} but images have {tuple(x.shape)}; "
                          "pass the adversarial version of each image")
-    device = _model_device(source)
-    if _model_device(target) != device:
-        raise ValueError(f"source is on {device} but target is on {_model_device(target)}; move both to one device")
+    device = model_device(source)
+    if model_device(target) != device:
+        raise ValueError(f"source is on {device} but target is on {model_device(target)}; move both to one device")
     y = _check_labels(labels, len(x), device)
     eligible = fooled = 0
     for sl in _batches(len(x), batch_size):
@@ -412,7 +408,7 @@ def adversarial_training(model: nn.Module, train, *, epochs: int, eps: float, al
         raise ValueError(f"max_batches must be None or an int >= 1, got {max_batches!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    device = _model_device(model)
+    device = model_device(model)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
     for epoch in range(epochs):

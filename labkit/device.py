@@ -1,6 +1,16 @@
 """Device choice and transfers (lab 00 reports it; ``training`` and the explainers use it).
 
 No module-level device global: call :func:`get_device` where a device is needed.
+
+**The one rule for ``device=None``** (:func:`resolve_device`), the same in every labkit function:
+
+- a *trainer* (``fit``, ``train_or_load``, ``train_vae``, ``train_gan``, ``train_dann``,
+  ``train_segmentation``) takes the model to the best device (``"auto"``: CUDA, else MPS, else the
+  CPU; ``LABKIT_DEVICE`` overrides) and trains there; the model stays there afterwards;
+- everything else (evaluation, prediction, explanation, attacks) runs where the model's parameters
+  are and never moves the model.
+
+An explicit ``device`` (a name or a ``torch.device``) always wins.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["get_device", "to_device", "autocast", "device_report"]
+__all__ = ["get_device", "to_device", "autocast", "device_report"]  # resolve_device, model_device: internal
 
 _VALID = ("auto", "cpu", "cuda", "mps")
 
@@ -46,6 +56,29 @@ def get_device(prefer: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"{source}={prefer!r} was asked for but MPS is not available; use 'auto' or 'cpu'")
     return dev
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's first parameter (else buffer) lives; the CPU for a model without tensors."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device | None, model: torch.nn.Module, *, trains: bool) -> torch.device:
+    """The device a labkit function runs on (the module docstring states the rule).
+
+    ``device``: an explicit choice, or ``None``; ``trains``: whether the caller is a trainer (which
+    takes the model to the best device) or not (which stays where the model is).
+    """
+    if device is not None:
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError(f"device must be None, a name ('auto', 'cpu', 'cuda', 'cuda:1', 'mps') or a torch.device, "
+                            f"got {type(device).__name__}")
+        return get_device(device)
+    return get_device("auto") if trains else model_device(model)
 
 
 def _valid_name(name: str) -> bool:

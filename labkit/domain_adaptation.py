@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .device import autocast, get_device, to_device
+from .datasets.base import images_labels
+from .device import autocast, resolve_device, to_device
 from .hooks import eval_mode
 from .models.dann import DANN, GradientReversal, GradientReversalFunction, grad_reverse
 from .reproducibility import make_generator
@@ -120,28 +121,6 @@ class DANNHistory:
 
 
 # --------------------------------------------------------------------------- data helpers
-def _as_xy(data: Any, name: str, *, labels: bool) -> tuple[Tensor, Tensor | None]:
-    """Images (and labels) from an ImageSet, an ``(images, labels)`` pair or an images tensor."""
-    if hasattr(data, "images") and hasattr(data, "labels"):
-        x, y = data.images, data.labels
-    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
-    elif isinstance(data, Tensor):
-        x, y = data, None
-    else:
-        raise TypeError(f"{name} must be an ImageSet, an (images, labels) pair of tensors or an images tensor, "
-                        f"got {type(data).__name__}")
-    if x.dim() != 4 or len(x) == 0:
-        raise ValueError(f"{name}: images must be a non-empty [N, C, H, W] tensor, got shape {tuple(x.shape)}")
-    if labels:
-        if y is None:
-            raise ValueError(f"{name} needs labels: pass an ImageSet or an (images, labels) pair")
-        if y.shape != (len(x),) or y.dtype != torch.long:
-            raise ValueError(f"{name}: labels must be an int64 tensor of shape ({len(x)},), got "
-                             f"{y.dtype} {tuple(y.shape)}")
-    return x, y
-
-
 def _check_dann_model(model: object) -> nn.Module:
     if not isinstance(model, nn.Module) or not all(
             hasattr(model, a) for a in ("features", "classifier", "domain_classifier")):
@@ -194,14 +173,6 @@ def _label_accuracy(model: nn.Module, x: Tensor, y: Tensor, device: torch.device
     return correct / len(x)
 
 
-def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return get_device(device) if isinstance(device, str) else device
-    for t in model.parameters():
-        return t.device
-    return get_device("auto")
-
-
 def domain_accuracy(model: nn.Module, source: Any, target: Any, *, device: torch.device | str | None = None,
                     batch_size: int = 256) -> float:
     """Balanced accuracy of the model's domain classifier: mean of its source and target accuracies.
@@ -211,10 +182,11 @@ def domain_accuracy(model: nn.Module, source: Any, target: Any, *, device: torch
     restored; NaN when the network produces non-finite logits. Used in lab 09.
     """
     model = _check_dann_model(model)
-    xs, _ = _as_xy(source, "source", labels=False)
-    xt, _ = _as_xy(target, "target", labels=False)
+    fn = "domain_accuracy"
+    xs, _ = images_labels(source, fn, "source", labels="ignored")
+    xt, _ = images_labels(target, fn, "target", labels="ignored")
     batch_size = _check_int("batch_size", batch_size, low=1)
-    device = _resolve_device(model, device)
+    device = resolve_device(device, model, trains=False)
     with eval_mode(model):
         with torch.no_grad():
             ds = model.domain_classifier(_features(model, xs, device, batch_size)).squeeze(1)
@@ -265,10 +237,11 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
     model = _check_dann_model(model)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    xs, ys = _as_xy(source, "source", labels=True)
+    fn = "train_dann"
+    xs, ys = images_labels(source, fn, "source", labels="required")
     xt = None
     if target is not None:
-        xt, _ = _as_xy(target, "target", labels=False)
+        xt, _ = images_labels(target, fn, "target", labels="ignored")
         if xt.shape[1:] != xs.shape[1:]:
             raise ValueError(f"source images {tuple(xs.shape[1:])} and target images {tuple(xt.shape[1:])} must have "
                              "the same [C, H, W] (e.g. glyph_digits(..., channels=3) for an RGB target)")
@@ -283,9 +256,9 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
     weight_decay = _check_positive("weight_decay", weight_decay, zero_ok=True)
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' (the paper's, with momentum) or 'adam', got {optimizer!r}")
-    sv = _as_xy(source_val, "source_val", labels=True) if source_val is not None else None
-    tv = _as_xy(target_val, "target_val", labels=True) if target_val is not None else None
-    device = _resolve_device(model, device)
+    sv = images_labels(source_val, fn, "source_val", labels="required") if source_val is not None else None
+    tv = images_labels(target_val, fn, "target_val", labels="required") if target_val is not None else None
+    device = resolve_device(device, model, trains=True)
     steps_per_epoch = steps_per_epoch or max(1, len(xs) // batch_size)
     total = max(1, epochs * steps_per_epoch)
 
@@ -387,11 +360,12 @@ def pseudo_label(model: nn.Module, images: Any, *, threshold: float = 0.9, devic
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    x, _ = _as_xy(images, "images", labels=False)
+    fn = "pseudo_label"
+    x, _ = images_labels(images, fn, "images", labels="ignored")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
     batch_size = _check_int("batch_size", batch_size, low=1)
-    device = _resolve_device(model, device)
+    device = resolve_device(device, model, trains=False)
     probs = []
     with eval_mode(model):
         with torch.no_grad():
@@ -415,8 +389,9 @@ def self_train(model: nn.Module, source: Any, target: Any, *, rounds: int = 1, t
     (on ``target_val`` when given). Extension of lab 09.
     """
     rounds = _check_int("rounds", rounds, low=1)
-    xs, ys = _as_xy(source, "source", labels=True)
-    xt, yt = _as_xy(target, "target", labels=False)
+    fn = "self_train"
+    xs, ys = images_labels(source, fn, "source", labels="required")
+    xt, yt = images_labels(target, fn, "target", labels="optional")
     if xt.shape[1:] != xs.shape[1:]:
         raise ValueError(f"source images {tuple(xs.shape[1:])} and target images {tuple(xt.shape[1:])} differ in shape")
     if "source_val" not in train_kwargs:

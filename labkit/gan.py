@@ -31,10 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .device import get_device, to_device
+from .datasets.base import images_labels
+from .device import resolve_device, to_device
 from .embeddings import extract_features
 from .hooks import preserve_state
 from .progress import EpochProgress
+from .reproducibility import make_generator
 from .training import predict
 
 __all__ = ["GAN_LOSSES", "GANHistory", "discriminator_loss", "generator_loss", "train_gan", "sample_gan",
@@ -81,41 +83,6 @@ def _check_generator(model: object, fn: str) -> nn.Module:
         raise TypeError(f"{fn}: generator must be an nn.Module with a latent_dim attribute "
                         f"(e.g. lk.get_model('dcgan_generator')), got {type(model).__name__}")
     return model
-
-
-def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return get_device(device) if isinstance(device, str) else device
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
-
-
-def _xy(data: Any, fn: str, *, need_labels: bool) -> tuple[Tensor, Tensor | None]:
-    """Images (and labels) from an ImageSet, an ``(images, labels)`` pair or an images tensor."""
-    if hasattr(data, "images") and hasattr(data, "labels"):
-        x, y = data.images, data.labels
-    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
-    elif isinstance(data, Tensor):
-        x, y = data, None
-    else:
-        raise TypeError(f"{fn}: data must be an ImageSet, an (images, labels) pair or an images tensor, "
-                        f"got {type(data).__name__}")
-    if not isinstance(x, Tensor) or x.dim() != 4 or len(x) == 0 or not x.is_floating_point():
-        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{fn}: images must be a non-empty float [N, C, H, W] tensor in [0, 1], got {got}")
-    if need_labels and y is None:
-        raise ValueError(f"{fn}: the models are conditional: give labels (an ImageSet or an (images, labels) pair)")
-    if y is not None and (not isinstance(y, Tensor) or y.shape != (len(x),) or y.dtype != torch.long):
-        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"{fn}: labels must be an int64 tensor of shape ({len(x)},), got {got}")
-    return x, (y if need_labels else None)
 
 
 # --------------------------------------------------------------------------- losses
@@ -272,22 +239,22 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epoc
         raise ValueError(f"{fn}: the generator has num_classes={k_g} but the discriminator {k_d}; "
                          "build both conditional (same K) or both unconditional (0)")
     cond = k_g > 0
-    xs, ys = _xy(data, fn, need_labels=cond)
+    xs, ys = images_labels(data, fn, "data", labels="required" if cond else "ignored", why="the model is conditional")
     if ys is not None and bool(((ys < 0) | (ys >= k_g)).any()):
         raise ValueError(f"{fn}: the labels must lie in 0..{k_g - 1} (the models' num_classes)")
     n = len(xs)
     if n < batch_size:
         raise ValueError(f"{fn}: {n} images are fewer than batch_size={batch_size}; lower batch_size")
-    device = get_device(device or "auto") if device is None or isinstance(device, str) else device
+    device = resolve_device(device, generator, trains=True)
     generator.to(device)
     discriminator.to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=tuple(betas)) if lr_g > 0 else None
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=tuple(betas)) if lr_d > 0 else None
     g_params = [p for p in generator.parameters() if p.requires_grad]
-    g_cpu = _generator(seed, torch.device("cpu"))
-    g_dev = _generator(seed + 1, device)
+    g_cpu = make_generator(seed, torch.device("cpu"))
+    g_dev = make_generator(seed + 1, device)
     history = GANHistory(loss=loss)
-    history.fixed_noise = torch.randn(n_fixed, generator.latent_dim, generator=_generator(seed + 2, torch.device("cpu")))
+    history.fixed_noise = torch.randn(n_fixed, generator.latent_dim, generator=make_generator(seed + 2, torch.device("cpu")))
     history.fixed_labels = torch.arange(n_fixed) % k_g if cond else None
     z_fixed = history.fixed_noise.to(device)
     y_fixed = history.fixed_labels.to(device) if cond else None
@@ -375,7 +342,7 @@ def sample_gan(generator: nn.Module, n: int | None = None, *, z: Tensor | None =
         n = len(z)
     n = _int(n, "n", fn)
     if z is None:
-        z = torch.randn(n, generator.latent_dim, generator=_generator(seed, torch.device("cpu")))
+        z = torch.randn(n, generator.latent_dim, generator=make_generator(seed, torch.device("cpu")))
     k = _num_classes(generator)
     y: Tensor | None = None
     if k > 0:
@@ -389,7 +356,7 @@ def sample_gan(generator: nn.Module, n: int | None = None, *, z: Tensor | None =
             raise ValueError(f"{fn}: labels must be one int or {n} ints in 0..{k - 1}")
     elif labels is not None:
         raise ValueError(f"{fn}: labels were given to an unconditional generator (num_classes=0); drop them")
-    device = _model_device(generator, device)
+    device = resolve_device(device, generator, trains=False)
     out = []
     with preserve_state(generator):
         generator.eval()

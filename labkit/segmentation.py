@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .device import get_device
+from .device import resolve_device
 from .hooks import eval_mode
 from .models.segmentation import (FCN, EfficientNetEncoder, EncoderClassifier, ResNetEncoder, TorchvisionEncoder,
                                   VGGEncoder, bilinear_kernel, bilinear_upsampler)
@@ -97,14 +97,6 @@ def _pos_int(name: str, value: object, *, minimum: int = 1) -> int:
     return value
 
 
-def _device_of(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return get_device(device) if isinstance(device, str) else device
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def _num_classes(model: nn.Module, masks: Tensor, num_classes: int | None) -> int:
     if num_classes is not None:
         return _pos_int("num_classes", num_classes)
@@ -141,7 +133,7 @@ def train_segmentation(model: nn.Module, train: Any, val: Any = None, *, epochs:
         raise ValueError("freeze_encoder=True needs a model with .encoder and .decode(features) (an lk FCN); "
                          "pass freeze_encoder=False to train the whole model")
     images, masks = _images_masks(train, "train")
-    dev = _device_of(model, device)
+    dev = resolve_device(device, model, trains=True)
     model.to(dev)
     weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=dev)
     history = SegHistory()
@@ -246,7 +238,7 @@ def predict_segmentation(model: nn.Module, images: Tensor, *, batch_size: int = 
         raise ValueError(f"images must be a [N, C, H, W] tensor, got "
                          f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
     _pos_int("batch_size", batch_size)
-    dev = _device_of(model, device)
+    dev = resolve_device(device, model, trains=False)
     outs = []
     with eval_mode(model):
         for start in range(0, images.shape[0], batch_size):

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .device import autocast, get_device, to_device
+from .device import autocast, resolve_device, to_device
 from .hooks import eval_mode
 from .progress import EpochProgress, progress_mode
 from .reproducibility import make_generator
@@ -71,20 +71,6 @@ def as_loader(data: DataLike, *, batch_size: int = 64, shuffle: bool = False, se
                       generator=make_generator(seed) if shuffle else None)
 
 
-def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    """An explicit ``device``, else where the model's parameters live (never moves the model).
-
-    ``"auto"`` would pick CUDA even for a model left on the CPU and fail with a device mismatch.
-    """
-    if device is not None:
-        return get_device(device) if isinstance(device, str) else device
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return get_device("auto")
-
-
 def _accuracy_count(logits: Tensor, y: Tensor) -> int:
     return int((logits.argmax(1) == y).sum())
 
@@ -96,7 +82,7 @@ def evaluate(model: nn.Module, data: DataLike, *, loss_fn: Callable[[Tensor, Ten
 
     ``device=None`` uses the device the model's parameters are on.
     """
-    device = _resolve_device(model, device)
+    device = resolve_device(device, model, trains=False)
     loss_fn = loss_fn or nn.functional.cross_entropy
     total, loss_sum, correct = 0, 0.0, 0
     with eval_mode(model):
@@ -116,7 +102,7 @@ def evaluate(model: nn.Module, data: DataLike, *, loss_fn: Callable[[Tensor, Ten
 def predict(model: nn.Module, data: DataLike, *, device: torch.device | str | None = None,
             batch_size: int = 256) -> Tensor:
     """Logits for every sample of ``data`` (on the CPU), in order; ``device=None``: the model's device."""
-    device = _resolve_device(model, device)
+    device = resolve_device(device, model, trains=False)
     outs = []
     with eval_mode(model):
         for batch in as_loader(data, batch_size=batch_size):
@@ -162,7 +148,7 @@ def fit(model: nn.Module, train: DataLike, val: DataLike | None = None, *, epoch
         raise ValueError(f"lr must be positive, got {lr!r}")
     if scheduler not in (None, "cosine"):
         raise ValueError(f"scheduler must be None or 'cosine', got {scheduler!r}")
-    device = get_device(device or "auto") if device is None or isinstance(device, str) else device
+    device = resolve_device(device, model, trains=True)
     loss_fn = loss_fn or nn.functional.cross_entropy
     model.to(device)
     opt = _make_optimizer(model, optimizer, lr, weight_decay, momentum)
@@ -316,7 +302,7 @@ def train_or_load(name: str, model: nn.Module, train: DataLike, val: DataLike | 
     if path.exists() and not retrain:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-        model.to(get_device(device or "auto") if device is None or isinstance(device, str) else device)
+        model.to(resolve_device(device, model, trains=True))
         model.eval()
         if progress_mode() != "none":
             print(f"loaded checkpoint {path.name}")

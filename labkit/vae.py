@@ -27,9 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .device import get_device, to_device
+from .datasets.base import images_labels
+from .device import resolve_device, to_device
 from .hooks import eval_mode, preserve_state
 from .progress import EpochProgress
+from .reproducibility import make_generator
 
 __all__ = ["LIKELIHOODS", "ELBO", "VAEHistory", "kl_divergence", "reparameterize", "reconstruction_nll",
            "elbo_loss", "train_vae", "evaluate_elbo", "latent_means", "kl_per_dimension", "decode_latents", "sample_vae",
@@ -82,40 +84,6 @@ def _check_vae(model: object, fn: str) -> nn.Module:
 
 def _conditional(model: nn.Module) -> bool:
     return int(getattr(model, "num_classes", 0) or 0) > 0
-
-
-def _xy(data: Any, fn: str, *, need_labels: bool) -> tuple[Tensor, Tensor | None]:
-    """Images (and labels) from an ImageSet, an ``(images, labels)`` pair or an images tensor."""
-    if hasattr(data, "images") and hasattr(data, "labels"):
-        x, y = data.images, data.labels
-    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
-    elif isinstance(data, Tensor):
-        x, y = data, None
-    else:
-        raise TypeError(f"{fn}: data must be an ImageSet, an (images, labels) pair or an images tensor, "
-                        f"got {type(data).__name__}")
-    if x.dim() != 4 or len(x) == 0 or not x.is_floating_point():
-        raise ValueError(f"{fn}: images must be a non-empty float [N, C, H, W] tensor, got "
-                         f"{x.dtype} {tuple(x.shape)}")
-    if need_labels and y is None:
-        raise ValueError(f"{fn}: the model is conditional: give labels (an ImageSet or an (images, labels) pair)")
-    if y is not None and (y.shape != (len(x),) or y.dtype != torch.long):
-        raise ValueError(f"{fn}: labels must be an int64 tensor of shape ({len(x)},), got {y.dtype} {tuple(y.shape)}")
-    return x, (y if need_labels else None)
-
-
-def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return get_device(device) if isinstance(device, str) else device
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
 
 
 # --------------------------------------------------------------------------- the ELBO
@@ -246,7 +214,7 @@ def add_noise(images: Tensor, *, std: float, seed: int = 0, clip: bool = True) -
     fn = "add_noise"
     _tensor(images, "images", fn)
     std = _number(std, "std", fn)
-    noise = torch.randn(images.shape, generator=_generator(seed, images.device), device=images.device,
+    noise = torch.randn(images.shape, generator=make_generator(seed, images.device), device=images.device,
                         dtype=images.dtype)
     out = images + std * noise
     return out.clamp(0.0, 1.0) if clip else out
@@ -276,12 +244,13 @@ def train_vae(model: nn.Module, train: Any, val: Any = None, *, epochs: int, lr:
     noise_std = _number(noise_std, "noise_std", fn)
     weight_decay = _number(weight_decay, "weight_decay", fn)
     cond = _conditional(model)
-    xs, ys = _xy(train, fn, need_labels=cond)
-    device = get_device(device or "auto") if device is None or isinstance(device, str) else device
+    xs, ys = images_labels(train, fn, "train", labels="required" if cond else "ignored",
+                           why="the model is conditional")
+    device = resolve_device(device, model, trains=True)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    g_cpu = _generator(seed, torch.device("cpu"))
-    g_dev = _generator(seed + 1, device)
+    g_cpu = make_generator(seed, torch.device("cpu"))
+    g_dev = make_generator(seed + 1, device)
     history = VAEHistory()
     n = len(xs)
     try:
@@ -343,9 +312,10 @@ def evaluate_elbo(model: nn.Module, data: Any, *, likelihood: str = "bernoulli",
     samples = _int(samples, "samples", fn)
     noise_std = _number(noise_std, "noise_std", fn)
     batch_size = _int(batch_size, "batch_size", fn)
-    xs, ys = _xy(data, fn, need_labels=_conditional(model))
-    device = _model_device(model, device)
-    g = _generator(seed, device)
+    xs, ys = images_labels(data, fn, "data", labels="required" if _conditional(model) else "ignored",
+                           why="the model is conditional")
+    device = resolve_device(device, model, trains=False)
+    g = make_generator(seed, device)
     rec_sum, kl_sum = 0.0, 0.0
     with eval_mode(model):
         for start in range(0, len(xs), batch_size):
@@ -376,8 +346,9 @@ def latent_means(model: nn.Module, data: Any, *, batch_size: int = 500,
     fn = "latent_means"
     model = _check_vae(model, fn)
     batch_size = _int(batch_size, "batch_size", fn)
-    xs, ys = _xy(data, fn, need_labels=_conditional(model))
-    device = _model_device(model, device)
+    xs, ys = images_labels(data, fn, "data", labels="required" if _conditional(model) else "ignored",
+                           why="the model is conditional")
+    device = resolve_device(device, model, trains=False)
     out = []
     with preserve_state(model):
         model.eval()
@@ -400,8 +371,9 @@ def kl_per_dimension(model: nn.Module, data: Any, *, batch_size: int = 500,
     fn = "kl_per_dimension"
     model = _check_vae(model, fn)
     batch_size = _int(batch_size, "batch_size", fn)
-    xs, ys = _xy(data, fn, need_labels=_conditional(model))
-    device = _model_device(model, device)
+    xs, ys = images_labels(data, fn, "data", labels="required" if _conditional(model) else "ignored",
+                           why="the model is conditional")
+    device = resolve_device(device, model, trains=False)
     total = torch.zeros(int(model.latent_dim), dtype=torch.float64)
     with preserve_state(model):
         model.eval()
@@ -439,7 +411,7 @@ def decode_latents(model: nn.Module, z: Tensor, *, labels: Any = None, batch_siz
     fn = "decode_latents"
     model = _check_vae(model, fn)
     _tensor(z, "z", fn, dim=2)
-    device = _model_device(model, None)
+    device = resolve_device(None, model, trains=False)
     y = _labels_for(model, labels, len(z), fn, device)
     out = []
     with preserve_state(model):
@@ -459,7 +431,7 @@ def sample_vae(model: nn.Module, n: int, *, labels: Any = None, seed: int = 0, t
     model = _check_vae(model, fn)
     n = _int(n, "n", fn)
     temperature = _number(temperature, "temperature", fn)
-    z = torch.randn(n, int(model.latent_dim), generator=_generator(seed, torch.device("cpu"))) * temperature
+    z = torch.randn(n, int(model.latent_dim), generator=make_generator(seed, torch.device("cpu"))) * temperature
     return decode_latents(model, z, labels=labels)
 
 
@@ -518,7 +490,7 @@ def interpolate(model: nn.Module, a: Tensor, b: Tensor, *, steps: int = 8, label
     steps = _int(steps, "steps", fn, low=2)
     if method not in ("linear", "slerp"):
         raise ValueError(f"{fn}: method must be 'linear' or 'slerp', got {method!r}")
-    device = _model_device(model, None)
+    device = resolve_device(None, model, trains=False)
     y = _labels_for(model, labels, len(a), fn, device)
     with preserve_state(model):
         model.eval()
@@ -575,7 +547,7 @@ def impute(model: nn.Module, images: Tensor, visible: Tensor, *, method: str = "
     lr = _number(lr, "lr", fn, strict=True)
     fill = _number(fill, "fill", fn)
     likelihood, sigma = _likelihood(likelihood, sigma, fn)
-    device = _model_device(model, None)
+    device = resolve_device(None, model, trains=False)
     y = _labels_for(model, labels, len(images), fn, device)
     x_obs, m = images.detach().to(device), mask.to(device)
     x = m * x_obs + (1 - m) * fill

@@ -173,3 +173,24 @@ def test_device_report_names_the_gpu(monkeypatch) -> None:
 
 def test_no_module_level_device_global() -> None:
     assert not any(isinstance(v, torch.device) for v in vars(device_mod).values())
+
+
+# --- the one rule for device=None ----------------------------------------------------------------
+
+def test_resolve_device_rule(monkeypatch) -> None:
+    """Trainers go to the best device, everything else stays with the model; explicit choices win."""
+    from labkit.device import model_device, resolve_device
+
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(device_mod, "get_device", lambda prefer="auto": torch.device("meta") if prefer in (None, "auto")
+                        else torch.device(prefer))  # pretend the best device is another one than the model's
+    assert resolve_device(None, model, trains=True) == torch.device("meta")
+    assert resolve_device(None, model, trains=False) == torch.device("cpu")
+    assert resolve_device("cpu", model, trains=True) == torch.device("cpu")
+    assert resolve_device(torch.device("cpu"), model, trains=True) == torch.device("cpu")
+    with pytest.raises(TypeError, match="device must be None, a name"):
+        resolve_device(0, model, trains=False)
+    assert model_device(torch.nn.ReLU()) == torch.device("cpu")  # no tensors: the CPU
+    buffered = torch.nn.BatchNorm2d(2, affine=False)
+    buffered.to("meta")
+    assert model_device(buffered) == torch.device("meta")  # a buffer tells where it lives

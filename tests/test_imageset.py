@@ -161,3 +161,26 @@ def test_loader_shuffle_is_seeded() -> None:
 def test_loader_bad_batch_size(bs) -> None:
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         make().loader(bs)
+
+
+# --- images_labels: the one data adapter of the trainers ------------------------------------------
+
+def test_images_labels_accepts_the_three_forms_and_names_the_argument() -> None:
+    from labkit.datasets.base import images_labels
+
+    s = make(4)
+    x, y = images_labels(s, "f", labels="required")
+    assert x is s.images and y is s.labels
+    assert images_labels((s.images, s.labels), "f", labels="optional")[1] is s.labels
+    assert images_labels(s.images, "f", labels="optional")[1] is None
+    assert images_labels(s, "f", labels="ignored")[1] is None
+    with pytest.raises(ValueError, match=r"f: source needs labels \(the model is conditional\)"):
+        images_labels(s.images, "f", "source", labels="required", why="the model is conditional")
+    with pytest.raises(TypeError, match="f: target must be an ImageSet"):
+        images_labels([1, 2, 3], "f", "target", labels="optional")
+    with pytest.raises(ValueError, match=r"f: data: images must be a non-empty float \[N, C, H, W\]"):
+        images_labels(torch.zeros(0, 1, 2, 2), "f", labels="optional")
+    with pytest.raises(ValueError, match=r"labels must be an int64 tensor of shape \(4,\)"):
+        images_labels((s.images, s.labels.float()), "f", labels="optional")
+    with pytest.raises(ValueError, match="labels must be one of"):
+        images_labels(s, "f", labels="yes")

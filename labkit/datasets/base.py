@@ -101,3 +101,42 @@ class ImageSet(Dataset):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         return DataLoader(self, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                           generator=make_generator(seed) if shuffle else None)
+
+
+_LABELS = ("required", "optional", "ignored")
+
+
+def images_labels(data: object, fn: str, name: str = "data", *, labels: str,
+                  why: str = "") -> tuple[Tensor, Tensor | None]:
+    """Images ``[N, C, H, W]`` (float, N > 0) and int64 labels ``[N]`` (or ``None``) from what a
+    labkit function accepts as data: an :class:`ImageSet` (anything with ``.images`` and ``.labels``),
+    an ``(images, labels)`` pair of tensors or an images tensor. The one data adapter of the
+    trainers (``train_vae``, ``train_gan``, ``train_dann``); errors name ``fn`` and the argument.
+
+    ``labels``: ``"required"`` (data without labels is refused), ``"optional"`` (returned when
+    present, checked) or ``"ignored"`` (always ``None``: e.g. an unconditional model); ``why`` says
+    in the error why labels are required (e.g. ``"the model is conditional"``).
+    """
+    if labels not in _LABELS:
+        raise ValueError(f"labels must be one of {_LABELS}, got {labels!r}")
+    if hasattr(data, "images") and hasattr(data, "labels"):
+        x, y = data.images, data.labels  # type: ignore[attr-defined]
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+    elif isinstance(data, Tensor):
+        x, y = data, None
+    else:
+        raise TypeError(f"{fn}: {name} must be an ImageSet, an (images, labels) pair of tensors or an images tensor, "
+                        f"got {type(data).__name__}")
+    if not isinstance(x, Tensor) or x.dim() != 4 or len(x) == 0 or not x.is_floating_point():
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{fn}: {name}: images must be a non-empty float [N, C, H, W] tensor in [0, 1], got {got}")
+    if labels == "ignored":
+        return x, None
+    if labels == "required" and y is None:
+        raise ValueError(f"{fn}: {name} needs labels{' (' + why + ')' if why else ''}: pass an ImageSet or an "
+                         "(images, labels) pair")
+    if y is not None and (not isinstance(y, Tensor) or y.shape != (len(x),) or y.dtype != torch.long):
+        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"{fn}: {name}: labels must be an int64 tensor of shape ({len(x)},), got {got}")
+    return x, y
