@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "cascading_randomization",
     "accuracy",
     "confusion_matrix",
     "pixel_accuracy",
@@ -504,28 +505,28 @@ def _default_layers(model: nn.Module) -> list[str]:
             if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
 
 
-def randomization_test(model: nn.Module, explainer: Callable[..., Tensor], images: Tensor, *,
-                       target: int | Tensor | None = None, layers: list[str] | None = None, seed: int = 0,
-                       absolute: bool = True) -> dict[str, float]:
-    """Adebayo et al. 2018's cascading model-randomization sanity check.
+def cascading_randomization(model: nn.Module, explainer: Callable[..., Tensor], images: Tensor, *,
+                            target: int | Tensor | None = None, layers: list[str] | None = None,
+                            seed: int = 0) -> dict[str, Tensor]:
+    """The maps of Adebayo et al. 2018's cascading model randomization, stage by stage.
 
     ``explainer(model, images, target=...)`` returns maps (e.g. ``lk.saliency``). On a deep copy
     of ``model`` (the caller's model is never touched) the layers are re-initialized one after
-    the other from the top (output) down, cumulatively, with their ``reset_parameters`` under a
-    fixed seed; after each one the maps are recomputed and compared with the original maps by
-    Spearman rank correlation (of absolute values when ``absolute``, the paper's main variant),
-    averaged over the images. A map that does not change while the weights it should explain are
-    destroyed fails the check. ``target`` None = the class the intact model predicts, kept fixed.
-    ``layers`` (names, default: every leaf module that has parameters) are taken in the model's
-    forward order and randomized from the last. A constant map (no ranking) counts as correlation 0.
-    Returns ``{layer name: mean rank correlation}`` in randomization order. Used in lab 02.
+    the other from the top (output) down, cumulatively, with their ``reset_parameters`` under
+    ``torch.manual_seed(seed + i)`` for the i-th; the maps are computed before and after each.
+    ``target`` None = the class the intact model predicts, kept fixed. ``layers`` (names, default:
+    every leaf module that has parameters) are taken in the model's forward order and randomized
+    from the last. Returns ``{"original": maps, layer: maps, ...}`` in randomization order. Lab 02
+    (the figure of maps per stage; :func:`randomization_test` gives their rank correlations).
     """
     from .hooks import get_layer, preserve_state
 
     _tensor(images, "images")
-    _same_device(model, images, "randomization_test")
+    _same_device(model, images, "cascading_randomization")
     if not callable(explainer):
         raise TypeError(f"explainer must be a callable explainer(model, images, target=...), got {explainer!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     work = copy.deepcopy(model)
     names = [n for n, _ in work.named_modules()]
     if layers is None:
@@ -541,14 +542,8 @@ def randomization_test(model: nn.Module, explainer: Callable[..., Tensor], image
     with preserve_state(work), torch.no_grad():
         work.eval()
         tgt = _resolve_classes(work(images), target)
-
-    def maps() -> Tensor:
-        out = explainer(work, images, target=tgt).detach().float().reshape(len(images), -1)
-        return out.abs() if absolute else out
-
-    original = maps()
     device = next(work.parameters()).device
-    result: dict[str, float] = {}
+    maps = {"original": explainer(work, images, target=tgt).detach()}
     for i, name in enumerate(reversed(chosen)):
         resettable = [m for m in get_layer(work, name).modules() if hasattr(m, "reset_parameters")]
         if not resettable:
@@ -558,8 +553,31 @@ def randomization_test(model: nn.Module, explainer: Callable[..., Tensor], image
             torch.manual_seed(seed + i)
             for m in resettable:
                 m.reset_parameters()
-        now = maps()
-        rho = [spearman(o, n) for o, n in zip(original, now)]
+        maps[name] = explainer(work, images, target=tgt).detach()
+    return maps
+
+
+def randomization_test(model: nn.Module, explainer: Callable[..., Tensor], images: Tensor, *,
+                       target: int | Tensor | None = None, layers: list[str] | None = None, seed: int = 0,
+                       absolute: bool = True) -> dict[str, float]:
+    """Adebayo et al. 2018's cascading model-randomization sanity check.
+
+    The maps of :func:`cascading_randomization` after each stage are compared with the original
+    maps by Spearman rank correlation (of absolute values when ``absolute``, the paper's main
+    variant), averaged over the images. A map that does not change while the weights it should
+    explain are destroyed fails the check. A constant map (no ranking) counts as correlation 0.
+    Returns ``{layer name: mean rank correlation}`` in randomization order. Used in lab 02.
+    """
+    maps = cascading_randomization(model, explainer, images, target=target, layers=layers, seed=seed)
+
+    def flat(m: Tensor) -> Tensor:
+        m = m.float().reshape(len(images), -1)
+        return m.abs() if absolute else m
+
+    original = flat(maps.pop("original"))
+    result: dict[str, float] = {}
+    for name, now in maps.items():
+        rho = [spearman(o, n) for o, n in zip(original, flat(now))]
         result[name] = sum(0.0 if math.isnan(r) else r for r in rho) / len(rho)
     return result
 

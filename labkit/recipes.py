@@ -5,8 +5,6 @@
 - :func:`with_normalization`: an ImageNet model that takes ``[0, 1]`` pixels, so that input
   gradients (saliency, adversarial perturbations) are expressed in pixel units.
 - :func:`centered_gaussian_maps`: the "centre prior" baseline map of weak segmentation.
-- :func:`cascading_randomization`: the maps behind Adebayo et al. 2018's cascading
-  randomization test, stage by stage (the figure that goes with ``lk.randomization_test``).
 
 Used in lab 02 (saliency) and meant for labs 03-06.
 """
@@ -21,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["train_shapes_classifier", "Normalize", "with_normalization", "centered_gaussian_maps",
-           "cascading_randomization", "fully_convolutional"]
+           "fully_convolutional"]
 
 
 def _is_int(value: object) -> bool:
@@ -151,67 +149,6 @@ def centered_gaussian_maps(n: int, size: int | tuple[int, int], *, sigma: float 
     x = torch.arange(w, dtype=torch.float32) - (w - 1) / 2
     g = torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * float(sigma) ** 2))
     return g.expand(n, h, w).clone()
-
-
-# --------------------------------------------------------------------------- sanity checks
-def _leaf_layers_with_parameters(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules()
-            if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
-
-
-def cascading_randomization(model: nn.Module, explainer: Callable[..., Tensor], images: Tensor, *,
-                            target: int | Tensor | None = None, layers: Sequence[str] | None = None,
-                            seed: int = 0) -> dict[str, Tensor]:
-    """The maps of Adebayo et al. 2018's cascading randomization, stage by stage.
-
-    Returns ``{"original": maps, layer: maps, ...}``: the explainer's maps for the intact model,
-    then after re-initializing the layers one after the other from the top (output) down,
-    cumulatively. It follows ``lk.randomization_test`` exactly (a deep copy of the model, the
-    same layer order, ``reset_parameters`` under ``torch.manual_seed(seed + i)`` for the i-th
-    layer, the target fixed to the intact model's predicted class when ``None``), so the rank
-    correlations of these maps with the original ones are that function's numbers. The caller's
-    model is never touched. Used in lab 02 (the figure of maps per stage).
-    """
-    from .hooks import get_layer, preserve_state
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not callable(explainer):
-        raise TypeError(f"explainer must be a callable explainer(model, images, target=...), got {explainer!r}")
-    if not isinstance(images, Tensor) or images.ndim < 2:
-        raise TypeError("images must be a batch tensor [B, ...]")
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    work = copy.deepcopy(model)
-    order = [n for n, _ in work.named_modules()]
-    if layers is None:
-        chosen = _leaf_layers_with_parameters(work)
-    else:
-        if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
-            raise TypeError(f"layers must be a list of layer names, got {layers!r}")
-        for name in layers:
-            get_layer(work, name)  # ValueError listing the valid names
-        chosen = sorted(set(layers), key=order.index)
-    if not chosen:
-        raise ValueError("the model has no layer with parameters to randomize; pass layers=[...]")
-    with preserve_state(work), torch.no_grad():
-        work.eval()
-        out = work(images)
-    if target is None:
-        target = out.argmax(1)
-    device = next(work.parameters()).device
-    maps = {"original": explainer(work, images, target=target).detach()}
-    for i, name in enumerate(reversed(chosen)):
-        resettable = [m for m in get_layer(work, name).modules() if hasattr(m, "reset_parameters")]
-        if not resettable:
-            raise ValueError(f"layer {name!r} has no reset_parameters(); choose layers made of standard modules")
-        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed + i)
-            for m in resettable:
-                m.reset_parameters()
-        maps[name] = explainer(work, images, target=target).detach()
-    return maps
 
 
 # --------------------------------------------------------------------------- dense outputs

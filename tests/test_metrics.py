@@ -377,3 +377,45 @@ def test_metrics_on_cuda_match_cpu():
     assert torch.allclose(M.boundary_f1(masks.to(**dev), masks.flip(1).to(**dev)).cpu(), M.boundary_f1(masks, masks.flip(1)))
     with pytest.raises(ValueError, match="move them"):
         M.deletion_curve(model, images, maps)
+
+
+def _saliency(model, images, target=None):
+    from labkit.attribution import saliency
+
+    return saliency(model, images, target)
+
+
+# --------------------------------------------------------------------------- cascading_randomization
+def _small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+
+
+def test_cascading_randomization_maps_give_randomization_test_scores():
+    net = _small_net()
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    maps = M.cascading_randomization(net, _saliency, x, seed=5)
+    scores = M.randomization_test(net, _saliency, x, seed=5)
+    assert list(maps) == ["original", "6", "2", "0"] and list(scores) == ["6", "2", "0"]
+    for name, rho in scores.items():
+        mine = sum(M.spearman(o, m) for o, m in zip(maps["original"], maps[name])) / len(x)
+        assert mine == pytest.approx(rho, abs=1e-6), name
+    assert torch.allclose(maps["original"], _saliency(net, x))
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items()), "the caller's model is untouched"
+    assert not torch.allclose(maps["0"], maps["original"])
+
+
+def test_cascading_randomization_layers_and_errors():
+    net = _small_net()
+    x = torch.rand(2, 3, 8, 8)
+    maps = M.cascading_randomization(net, _saliency, x, layers=["0", "6"], target=1)
+    assert list(maps) == ["original", "6", "0"]
+    assert torch.allclose(maps["original"], _saliency(net, x, 1))
+    with pytest.raises(ValueError):
+        M.cascading_randomization(net, _saliency, x, layers=["nope"])
+    with pytest.raises(TypeError, match="list of layer names"):
+        M.cascading_randomization(net, _saliency, x, layers="0")
+    with pytest.raises(ValueError, match="no layer with parameters"):
+        M.cascading_randomization(nn.Sequential(nn.Flatten()), _saliency, x)

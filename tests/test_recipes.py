@@ -9,7 +9,6 @@ from torch import nn
 from labkit import recipes as R
 from labkit.attribution import saliency
 from labkit.datasets import IMAGENET_MEAN, IMAGENET_STD, ImageSet, shapes
-from labkit.metrics import randomization_test, spearman
 
 
 # --------------------------------------------------------------------------- train_shapes_classifier
@@ -128,42 +127,6 @@ def test_centered_gaussian_maps_validates():
         R.centered_gaussian_maps(1, "4")
     with pytest.raises(ValueError, match="sigma"):
         R.centered_gaussian_maps(1, 4, sigma=0)
-
-
-# --------------------------------------------------------------------------- cascading_randomization
-def _small_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
-
-
-def test_cascading_randomization_matches_randomization_test():
-    net = _small_net()
-    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    maps = R.cascading_randomization(net, saliency, x, seed=5)
-    scores = randomization_test(net, saliency, x, seed=5)
-    assert list(maps) == ["original", "6", "2", "0"] and list(scores) == ["6", "2", "0"]
-    for name, rho in scores.items():
-        mine = sum(spearman(o, m) for o, m in zip(maps["original"], maps[name])) / len(x)
-        assert mine == pytest.approx(rho, abs=1e-6), name
-    assert torch.allclose(maps["original"], saliency(net, x))
-    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items()), "the caller's model is untouched"
-    assert not torch.allclose(maps["0"], maps["original"])
-
-
-def test_cascading_randomization_layers_and_errors():
-    net = _small_net()
-    x = torch.rand(2, 3, 8, 8)
-    maps = R.cascading_randomization(net, saliency, x, layers=["0", "6"], target=1)
-    assert list(maps) == ["original", "6", "0"]
-    assert torch.allclose(maps["original"], saliency(net, x, 1))
-    with pytest.raises(ValueError):
-        R.cascading_randomization(net, saliency, x, layers=["nope"])
-    with pytest.raises(TypeError, match="list of layer names"):
-        R.cascading_randomization(net, saliency, x, layers="0")
-    with pytest.raises(ValueError, match="no layer with parameters"):
-        R.cascading_randomization(nn.Sequential(nn.Flatten()), saliency, x)
 
 
 # --------------------------------------------------------------------------- fully_convolutional
