@@ -70,6 +70,11 @@ class VAE(nn.Module):
             raise ValueError(f"y holds labels outside 0..{self.num_classes - 1}")
         return F.one_hot(y.to(device), self.num_classes).float()
 
+    def _with_label(self, h: Tensor, y: Tensor | None) -> Tensor:
+        """``h`` [B, F], with the one-hot label appended for a conditional model (unchanged otherwise)."""
+        onehot = self._one_hot(y, len(h), h.device)
+        return h if onehot is None else torch.cat([h, onehot], 1)
+
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance ``[B, latent_dim]`` of the Gaussian posterior q(z | x[, y])."""
         raise NotImplementedError
@@ -122,17 +127,11 @@ class MLPVAE(VAE):
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        h = x.flatten(1)
-        onehot = self._one_hot(y, len(x), x.device)
-        if onehot is not None:
-            h = torch.cat([h, onehot], 1)
-        mu, logvar = self.to_stats(self.encoder(h)).chunk(2, dim=1)
+        mu, logvar = self.to_stats(self.encoder(self._with_label(x.flatten(1), y))).chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        onehot = self._one_hot(y, len(z), z.device)
-        if onehot is not None:
-            z = torch.cat([z, onehot], 1)
+        z = self._with_label(z, y)
         return self.decoder(z).view(len(z), *self.in_shape)
 
 
@@ -184,17 +183,11 @@ class ConvVAE(VAE):
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        h = self.encoder(x)
-        onehot = self._one_hot(y, len(x), x.device)
-        if onehot is not None:
-            h = torch.cat([h, onehot], 1)
-        mu, logvar = self.to_stats(self.encoder_head(h)).chunk(2, dim=1)
+        mu, logvar = self.to_stats(self.encoder_head(self._with_label(self.encoder(x), y))).chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        onehot = self._one_hot(y, len(z), z.device)
-        if onehot is not None:
-            z = torch.cat([z, onehot], 1)
+        z = self._with_label(z, y)
         return self.decoder(self.decoder_head(z).view(len(z), *self._grid))
 
 
