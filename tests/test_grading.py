@@ -281,7 +281,7 @@ def test_sandbox_is_bubblewrap_and_memory_is_a_cgroup(synthetic):
     assert report.isolation.allowlist and "allowlist (bubblewrap)" in report.summary()
     if os.getuid() == 0 and any(":memory:" in ln or ln.startswith("0::") for ln in Path("/proc/self/cgroup").read_text().splitlines()):
         assert MEM.mechanism in ("cgroup-v1", "cgroup-v2"), MEM.describe()
-    assert report.memory == MEM and f"capped at 1024 MB" in report.summary()
+    assert report.memory == MEM and "capped at 1024 MB" in report.summary()
 
 
 def test_network_is_blocked(synthetic):

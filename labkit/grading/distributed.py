@@ -103,7 +103,7 @@ def grade_on_dask(spec: dict[str, Any], todo: list[tuple[str, Path]], *, jobs: i
         pre = client.run(_host_preflight, spec, workers=first)
         errors = [f"{addr}: {r['error']}" for addr, r in pre.items() if "error" in r]
         if errors:
-            raise ConfigurationError("preflight failed on the Dask workers, no submission was graded: "
+            raise ConfigurationError("preflight failed on the Dask workers: "
                                      + " | ".join(errors))
         first_info = pre[first[0]]
         if log:

@@ -59,7 +59,7 @@ class MemoryCap:
         what = {"cgroup-v2": f"resident memory capped at {self.limit_mb} MB (cgroup v2 memory.max under {self.parent})",
                 "cgroup-v1": f"resident memory capped at {self.limit_mb} MB (cgroup v1 memory.limit_in_bytes under {self.parent})",
                 "systemd-run": f"resident memory capped at {self.limit_mb} MB (systemd-run --scope MemoryMax)",
-                "rlimit": f"ADDRESS SPACE capped at {self.limit_mb} MB (RLIMIT_AS; no memory cgroup here)"}[self.mechanism]
+                "rlimit": f"ADDRESS SPACE capped at {self.limit_mb} MB (RLIMIT_AS, not resident memory)"}[self.mechanism]
         return what + (f" ({self.note})" if self.note else "")
 
     def open(self, name: str) -> "MemorySlot":
