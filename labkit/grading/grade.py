@@ -277,10 +277,7 @@ def host_context(spec: dict[str, Any]) -> _Context:
     for k in ("TORCH_HOME", "LABKIT_DEVICE"):
         if os.environ.get(k):
             env_extra[k] = os.environ[k]
-    batch_root = Path(tempfile.mkdtemp(prefix="labkit-grade-"))
-    import atexit
-
-    atexit.register(shutil.rmtree, batch_root, True)
+    batch_root = _batch_root()
     threads = int(spec.get("threads") or 0) or max(1, (os.cpu_count() or 1) // max(1, int(spec.get("slots", 1))))
     hide_dirs = list(spec["hide_dirs"]) + [str(Path(tempfile.gettempdir()).resolve()), str(Path.home().resolve())]
     ctx = _Context(lab=spec["lab"], profile=spec["profile"], timeout_cell=float(spec["timeout_cell"]),
@@ -292,6 +289,27 @@ def host_context(spec: dict[str, Any]) -> _Context:
                    fingerprint_base=spec["fingerprint_base"])
     _HOSTS[key] = ctx
     return ctx
+
+
+def _batch_root() -> Path:
+    """The folder of this user's work folders: ``$TMPDIR/labkit-grade-<uid>``, shared by batches and
+    Dask workers (each submission's folder is removed when it is graded; a killed worker leaves
+    no folder per batch behind), or a fresh temporary folder when it cannot be used safely."""
+    import stat
+
+    root = Path(tempfile.gettempdir()) / f"labkit-grade-{os.getuid()}"
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(root)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700:
+            for old in root.iterdir():  # left by killed graders or workers: '<pid>-<id>-<random>'
+                pid = old.name.split("-", 1)[0]
+                if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+                    shutil.rmtree(old, ignore_errors=True)
+            return root
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="labkit-grade-"))
 
 
 def _sandbox_prefix(ctx: _Context, workdir: Path) -> list[str]:
@@ -320,7 +338,7 @@ def probe_imports(ctx: _Context) -> str:
                "    import torch\n"
                "    float(torch.ones(64, 64).matmul(torch.ones(64, 64)).sum())\n"
                "print('LABKIT-PROBE-OK', flush=True)\n")
-    jobdir = Path(tempfile.mkdtemp(prefix="probe-", dir=ctx.batch_root))
+    jobdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-probe-", dir=ctx.batch_root))
     workdir = jobdir / "work"
     (workdir / ".tmp").mkdir(parents=True)
     (workdir / ".config" / "matplotlib").mkdir(parents=True)
@@ -420,7 +438,7 @@ def _env(ctx: _Context, workdir: Path) -> dict[str, str]:
 
 
 def _prepare_workdir(ctx: _Context, sub_id: str, path: Path | str, raw: bytes | None = None) -> tuple[Path, Path]:
-    jobdir = Path(tempfile.mkdtemp(prefix=f"{sub_id[:40]}-", dir=ctx.batch_root))
+    jobdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{sub_id[:40]}-", dir=ctx.batch_root))
     workdir = jobdir / "work"
     g = workdir / ".labkit-grader"
     for d in (workdir / ".tmp", workdir / ".config" / "matplotlib", g / "share" / "kernels" / KERNEL_NAME,
@@ -1025,7 +1043,6 @@ def _grade_on_threads(spec: dict[str, Any], todo: list[tuple[str, Path]], *, job
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _HOSTS.pop(spec["batch_id"], None)
-        shutil.rmtree(ctx.batch_root, ignore_errors=True)
     return info["isolation"], info["memory"], f"{jobs} thread(s) of this process"
 
 
