@@ -70,7 +70,7 @@ def grade_on_dask(spec: dict[str, Any], todo: list[tuple[str, Path]], *, jobs: i
                                      "address; no submission was graded") from None
         note = f"Dask cluster at {scheduler}"
     else:
-        cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
+        cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                                memory_limit=0, silence_logs=logging.ERROR, host="127.0.0.1")
         client = Client(cluster, set_as_default=False)
         note = f"{jobs} local Dask worker process(es)"
