@@ -70,6 +70,20 @@ def test_show_images_is_one_picture_with_the_images_in_a_grid_and_titles_above()
     assert fig.get_figwidth() == pytest.approx(canvas.shape[1] * 1.4 / 8)
 
 
+def test_show_images_legend_names_each_colour_under_the_grid() -> None:
+    plain = P.show_images(torch.rand(2, 3, 8, 8), ncols=2)
+    colours = {"background": (0.0, 0.0, 0.0), "circle": (1.0, 0.0, 0.0), "square": (0.0, 0.5, 1.0)}
+    fig = P.show_images(torch.rand(2, 3, 8, 8), ncols=2, legend=colours)
+    (leg,) = fig.legends
+    assert [t.get_text() for t in leg.get_texts()] == list(colours)
+    assert [tuple(h.get_facecolor()[:3]) for h in leg.legend_handles] == list(colours.values())
+    assert fig.get_figheight() == pytest.approx(plain.get_figheight() + 0.3)  # one row of patches
+    assert fig.axes[0].get_position().y0 > 0  # the grid sits above the legend
+    with pytest.raises(ValueError, match="legend must be a non-empty dict"):
+        P.show_images(torch.rand(1, 3, 8, 8), legend={})
+    plt.close("all")
+
+
 def test_show_images_clips_or_normalizes() -> None:
     img = torch.full((1, 1, 2, 2), 2.0)
     img[0, 0, 0, 0] = -1.0
