@@ -471,6 +471,18 @@ CASES: list[Case] = [
          lambda k: lk.class_visualization(k.model, 1, shape=(3, 8, 8), steps=2, init=k.x[0], blur_every=1)),
     Case("activation_maximization", "cnn",
          lambda k: lk.activation_maximization(k.model, "features.6", 1, shape=(3, 8, 8), steps=2, init=k.x[0])),
+    Case("features_at", "cnn", lambda k: lk.features_at(k.model, k.x, ["features.2", "features.6"])),
+    Case("optimize_image", "cnn",
+         lambda k: lk.optimize_image(k.model, lambda z: -k.model(z)[:, 1], k.x[:1], steps=2, jitter=1,
+                                     blur_every=1, tv=0.1)),
+    Case("invert_features", "cnn", lambda k: lk.invert_features(k.model, k.x[:1], "features.6", steps=2, tv=0.1)),
+    # style.py
+    Case("style_targets", "cnn", lambda k: lk.style_targets(k.model, k.x, ["features.2"])),
+    Case("synthesize_texture", "cnn",
+         lambda k: lk.synthesize_texture(k.model, k.x[0], ["features.2", "features.6"], steps=2)),
+    Case("style_transfer", "cnn",
+         lambda k: lk.style_transfer(k.model, k.x[0], k.x[1], content_layer="features.6",
+                                     style_layers=["features.2"], steps=2)),
     # adversarial.py
     Case("fgsm", "cnn", lambda k: lk.fgsm(k.model, k.x, k.y, 0.03)),
     Case("fgsm", "cnn", lambda k: lk.fgsm(k.model, k.x, k.y, 0.03, eval_mode=False), variant="train-mode attack"),
