@@ -220,11 +220,15 @@ def test_hostile_walk_finds_no_second_copy_and_no_hidden_test(hostile):
     """The submission walks the whole file system: the copies of the course in /tmp and /var/tmp,
     the repository's labs and .git, the home, /srv, /opt do not exist for it; it sees the Python
     environment (many files) and its own work folder."""
+    # the top folders it may see: the system's, and those holding the allowlist's paths (the venv
+    # and labkit live wherever the clone is: /work/..., /check/..., /home/...) and its work folder
+    visible = {"usr", "bin", "lib", "lib64", "sbin", "etc", "proc", "dev", "run"}
+    visible |= {Path(p).parts[1] for p in allowlist()} | {hostile["root"].resolve().parts[1]}
     for report, folder in ((hostile["remote"], "out-dask"), (hostile["local"], "out-local")):
         seen, tops, found = _found(hostile["root"] / folder, "walker")
         assert found == [], found
         assert seen > 5000, f"the walk saw only {seen} files: it did not really walk"
-        assert set(tops) <= {"usr", "bin", "lib", "lib64", "sbin", "etc", "proc", "dev", "tmp", "run", "root", "work"}, tops
+        assert set(tops) <= visible, (tops, visible)
     for copy in hostile["copies"]:
         assert (copy / "labs" / "99_synthetic.ipynb").read_text().count(MARKER) == 1, "the copies were in place"
 

@@ -311,17 +311,18 @@ def test_predict_keeps_the_order_for_every_input_kind() -> None:
 
 def test_evaluate_and_predict_use_the_models_device(monkeypatch) -> None:
     """With device=None they follow the model (a CPU model on a CUDA machine must not crash)."""
+    import labkit.device as device_module
+
     def cuda_would_be_chosen(prefer="auto"):
         if prefer in ("auto", None):
             return torch.device("cuda")
         return torch.device(prefer)
 
-    monkeypatch.setattr(training, "get_device", cuda_would_be_chosen)
+    monkeypatch.setattr(device_module, "get_device", cuda_would_be_chosen)
     x, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
     assert evaluate(fixed_linear(), (x, y))["accuracy"] == 1.0
     assert torch.equal(predict(fixed_linear(), x), x)
-    assert training._resolve_device(nn.ReLU(), None) == torch.device("cuda")  # no parameters: auto
-    assert training._resolve_device(fixed_linear(), "cpu") == torch.device("cpu")
+    assert device_module.resolve_device(None, fixed_linear(), trains=True) == torch.device("cuda")  # a trainer: auto
 
 
 def test_as_loader() -> None:
