@@ -46,7 +46,7 @@ test: export OMP_WAIT_POLICY ?= PASSIVE
 test: setup
 	bash .ci/ensure-chromium.sh
 	bash .ci/ensure-bubblewrap.sh
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --durations=25
 
 clean:
 	rm -rf _build .pytest_cache

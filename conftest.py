@@ -80,3 +80,25 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             last[nbfile] = i
     for nbfile, i in sorted(last.items(), key=lambda kv: -kv[1]):
         items.insert(i + 1, LabReferenceItem.from_parent(nbfile, name="reference bands"))
+
+
+# Files whose tests are independent lab runs of a minute or more each: `make test` (`--dist loadfile`)
+# shares them out test by test, so that one worker does not run the whole file while the other idles.
+# Every other file, and each
+# notebook (its cells share one kernel), still goes to one worker as a whole.
+SPREAD_FILES = ("tests/test_labs.py",)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile`, except that the tests of :data:`SPREAD_FILES` are scheduled one by one."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesButSpread(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path in SPREAD_FILES else path
+
+    return FilesButSpread(config, log)
