@@ -50,15 +50,35 @@ def leave_one_out(ref: dict, alpha: float | None = None) -> tuple[int, int, list
     return checked, missed, notes
 
 
+def leave_one_out_shift(ref: dict) -> list[float]:
+    """The lab-level shift score (median |z|, ``R.shift_score``) of each left-out seed against the others."""
+    seeds, scores = ref["seeds"], []
+    for seed in seeds:
+        values, flat = {}, {}
+        for key, entry in ref["values"].items():
+            owners = entry.get("seeds", seeds)
+            samples = dict(zip(owners, entry["samples"]))
+            others = [v for s, v in samples.items() if s != seed]
+            if seed not in samples or len(others) < 2:
+                continue
+            values[key] = R.band_of(others, alpha=ref["alpha"])
+            flat[key] = samples[seed]
+        score = R.shift_score(flat, values)
+        if score is not None:
+            scores.append(score[0])
+    return scores
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="*", default=[], help="folders holding LAB.results.json of fresh runs")
     parser.add_argument("--alpha", type=float, default=None, help="leave-one-out with another alpha than the files'")
     args = parser.parse_args(argv)
     total_checked = total_missed = 0
-    print("| lab | seeds | values | leave-one-seed-out misses | fresh runs outside their band |")
-    print("|---|---:|---:|---:|---|")
-    details = []
+    print("| lab | seeds | values | leave-one-seed-out misses | largest left-out shift score | "
+          "fresh runs: problems (shift score) |")
+    print("|---|---:|---:|---:|---:|---|")
+    details, all_shifts = [], []
     for lab, _ in list_labs():
         try:
             ref = R.load_reference(lab)
@@ -66,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {lab} | - | - | - | {exc} |")
             continue
         checked, missed, notes = leave_one_out(ref, args.alpha)
+        shifts = leave_one_out_shift(ref)
+        all_shifts += shifts
         total_checked += checked
         total_missed += missed
         details += [f"{lab}: {n}" for n in notes]
@@ -75,13 +97,18 @@ def main(argv: list[str] | None = None) -> int:
             if p.is_file():
                 res = json.loads(p.read_text())
                 problems = R.compare_to_reference(res["records"], ref)
-                fresh.append(f"{res['meta'].get('seed')}: {len(problems)}")
+                score = R.shift_score(R.flatten_records(res["records"]), ref["values"])
+                fresh.append(f"seed {res['meta'].get('seed')}: {len(problems)}"
+                             + (f" ({score[0]:.2f})" if score else ""))
                 details += [f"fresh run {p}: {q}" for q in problems]
         print(f"| {lab} | {len(ref['seeds'])} | {len(ref['values'])} | {missed} of {checked} | "
-              f"{', '.join(fresh) or '-'} |")
+              f"{max(shifts) if shifts else float('nan'):.2f} | {', '.join(fresh) or '-'} |")
     rate = total_missed / max(total_checked, 1)
     print(f"\nleave-one-seed-out: {total_missed} of {total_checked} values outside the band of the other seeds "
           f"({rate:.2%}; the rule's nominal rate is {args.alpha or R.ALPHA:g})")
+    if all_shifts:
+        print(f"lab-level shift score of a left-out seed: median {sorted(all_shifts)[len(all_shifts) // 2]:.2f}, "
+              f"largest {max(all_shifts):.2f} over {len(all_shifts)} draws (the test's limit: {R.SHIFT_MEDIAN_Z:g})")
     for line in details:
         print("  " + line)
     return 0

@@ -14,6 +14,11 @@ then it is a saturated rate and its band uses their pooled standard deviation. S
 seen. Nothing is widened by hand: a value whose band is too wide to say anything is a lab whose
 claim rests on a lucky seed, and the lab is what must change.
 
+The bands are wide (about 12 sd at 10 seeds; a rate's band often spans all of [0, 1]), so one more check
+judges the run as a whole: the median over its varying values of their distance from the reference mean,
+in sd, must stay under ``SHIFT_MEDIAN_Z``. A change that moves most of a lab's values together fails there
+even when each value stays inside its own band.
+
 Used by ``labkit reference`` (instructors, maintainers), the tests (each lab's standard run is
 checked against its file) and the labs' narration (:func:`spread`: "0.89 (0.86-0.91 over 5 seeds)").
 """
@@ -27,8 +32,8 @@ import platform
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["flatten_records", "make_reference", "compare_to_reference", "load_reference",
-           "reference_path", "spread", "ReferenceFileError", "ALPHA", "FLOAT_RTOL"]
+__all__ = ["flatten_records", "make_reference", "compare_to_reference", "shift_score", "load_reference",
+           "reference_path", "spread", "ReferenceFileError", "ALPHA", "FLOAT_RTOL", "SHIFT_MEDIAN_Z"]
 
 SCHEMA = 1
 # Two-sided level of the t interval. Calibrated, not assumed: trained values have heavier tails than
@@ -41,6 +46,13 @@ SCHEMA = 1
 ALPHA = 1e-6
 FLOAT_RTOL = 1e-4  # values equal over every seed: the same arithmetic on another CPU
 FLOAT_ATOL = 1e-7
+# The lab-level shift check: each band alone is wide (about 12 sd), so a change that moves most of a lab's
+# values by several sd at once (a broken trainer, a changed default) could pass every band. The median over a
+# lab's varying values of |value - mean| / (sd * sqrt(1 + 1/n)) is about 0.7 for a new seed; in the
+# leave-one-seed-out check over the ten seeds of all twelve labs (120 draws, bench/reference_check.py) its
+# largest value was 1.66 (lab 00, 11 values). A run above SHIFT_MEDIAN_Z fails as a whole.
+SHIFT_MEDIAN_Z = 3.0
+SHIFT_MIN_VALUES = 8  # fewer varying values: a median too noisy to judge
 SEEDS = 10  # reference seeds 1..SEEDS: with 5, a band's sd came from 4 degrees of freedom and heavy-tailed
 #            values (FIDs of short GAN runs) left their band in 4 of 3025 leave-one-seed-out checks
 PROFILE, DATA = "standard", "embedded"
@@ -281,7 +293,35 @@ def compare_to_reference(records: Mapping[str, Any], reference: Mapping[str, Any
     for key in missing:
         problems.append(f"{lab}: the reference file has {key} but the run did not record it "
                         f"(stale: the lab no longer records it); regenerate it with {redo}")
+    shift = shift_score(flat, values)
+    if shift is not None and shift[0] > SHIFT_MEDIAN_Z:
+        problems.append(f"{lab}: the run's values sit a median {shift[0]:.2f} sd from their reference means over "
+                        f"{shift[1]} values (a new seed gives about 0.7; the limit is {SHIFT_MEDIAN_Z:g}): the lab's "
+                        f"results moved as a whole. If the change is intended, regenerate the file with {redo}")
     return problems
+
+
+def shift_score(flat: Mapping[str, Any], values: Mapping[str, Any]) -> tuple[float, int] | None:
+    """(median |z|, how many values) of a run's flattened records against a reference's ``values``.
+
+    ``z = (value - mean) / (sd * sqrt(1 + 1/n))`` over the numbers that vary between the seeds (an sd above
+    the float tolerance of :data:`FLOAT_RTOL`) and were seen for at least 3 seeds. ``None`` with fewer than
+    :data:`SHIFT_MIN_VALUES` of them.
+    """
+    zs = []
+    for key, e in values.items():
+        v = flat.get(key)
+        n = len(e.get("samples", ()))
+        if e["kind"] != "number" or not _is_number(v) or n < 3:
+            continue
+        if e["sd"] <= FLOAT_ATOL + FLOAT_RTOL * abs(e["mean"]):
+            continue
+        zs.append(abs(v - e["mean"]) / (e["sd"] * math.sqrt(1 + 1 / n)))
+    if len(zs) < SHIFT_MIN_VALUES:
+        return None
+    zs.sort()
+    mid = len(zs) // 2
+    return (zs[mid] if len(zs) % 2 else (zs[mid - 1] + zs[mid]) / 2), len(zs)
 
 
 def spread(lab: str, name: str, value: float, *, fmt: str = ".2f", profile: str = PROFILE,

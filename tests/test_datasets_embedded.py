@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.datasets import (BACKGROUNDS, GLYPH_FONTS, PHOTO_NAMES, SHAPE_CLASSES, glyph_digits, load_dataset,
+from labkit.datasets import (BACKGROUNDS, GLYPH_FONTS, PHOTO_LABELS, PHOTO_NAMES, SHAPE_CLASSES, glyph_digits, load_dataset,
                              photos, scenes, shapes, uci_digits)
 from labkit.datasets import _glyphs
 
@@ -251,6 +251,15 @@ def test_uci_digits():
     order = torch.from_numpy(np.random.default_rng(1).permutation(1797))
     assert torch.allclose(same.images[:, 0], ref[order], atol=1e-6)
     assert torch.equal(same.labels, torch.from_numpy(d.target)[order])
+
+
+def test_photo_labels_name_imagenet_classes_of_known_photos():
+    from labkit.models import imagenet_classes
+    classes = imagenet_classes()
+    assert set(PHOTO_LABELS) <= set(PHOTO_NAMES) and {"chelsea", "coffee", "china", "flower"} <= set(PHOTO_LABELS)
+    for name, labels in PHOTO_LABELS.items():
+        assert labels and all(label in classes for label in labels), (name, labels)
+    assert PHOTO_LABELS["chelsea"][0] == "tabby" and "espresso" in PHOTO_LABELS["coffee"]
 
 
 def test_photos():

@@ -181,3 +181,26 @@ def test_a_saturated_rate_borrows_the_spread_of_its_siblings():
     assert sat["pooled_sd"] == pytest.approx(0.02) and sat["high"] == pytest.approx(half, abs=1e-3)
     assert ref["values"]["area"]["high"] - 0.25 < 1e-4  # no siblings: the float tolerance
     assert ref["values"]['grey["x"]']["high"] - 0.1 < 1e-4  # siblings that do not vary either
+
+
+def test_a_run_that_moved_as_a_whole_fails_though_every_value_is_in_its_band():
+    # ten seeds of twelve values, each value's samples -1, +1 alternating: mean 0, sd 1.054 (hand: sqrt(10/9))
+    keys = [f"v{i}" for i in range(12)]
+    runs = [_run(s, {k: (1.0 if s % 2 else -1.0) for k in keys}) for s in range(1, 11)]
+    ref = R.make_reference("42_tiny", runs)
+    sd = math.sqrt(10 / 9)
+    assert ref["values"]["v0"]["sd"] == pytest.approx(sd)
+    scale = sd * math.sqrt(1 + 1 / 10)
+    assert R.shift_score({k: 0.5 * scale for k in keys}, ref["values"]) == (pytest.approx(0.5), 12)
+    assert R.compare_to_reference({k: 0.5 * scale for k in keys}, ref) == []
+    moved = {k: 5 * scale for k in keys}  # five sd: inside every band (about 12 sd), not as a whole
+    assert all(ref["values"][k]["low"] < moved[k] < ref["values"][k]["high"] for k in keys)
+    problems = R.compare_to_reference(moved, ref)
+    assert len(problems) == 1 and "median 5.00 sd" in problems[0] and "over 12 values" in problems[0]
+    assert "labkit reference 42_tiny --seeds 10" in problems[0]
+    # a single value far off moves the median little: its band is what judges it
+    one_off = {**{k: 0.0 for k in keys}, "v0": 5 * scale}
+    assert R.compare_to_reference(one_off, ref) == []
+    # fewer than SHIFT_MIN_VALUES varying values: no lab-level judgement
+    few = R.make_reference("42_tiny", [_run(s, {k: (1.0 if s % 2 else -1.0) for k in keys[:5]}) for s in range(1, 11)])
+    assert R.shift_score({k: 5 * scale for k in keys[:5]}, few["values"]) is None

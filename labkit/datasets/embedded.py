@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from ..reproducibility import numpy_rng
-from ._common import PHOTO_NAMES, check_int, photos
+from ._common import PHOTO_LABELS, PHOTO_NAMES, check_int, photos
 from ._glyphs import GLYPH_FONTS, glyph_digits
 from ._shapes import BACKGROUNDS, SHAPE_CLASSES, scenes, shapes
 from .base import ImageSet
 
-__all__ = ["SHAPE_CLASSES", "BACKGROUNDS", "PHOTO_NAMES", "GLYPH_FONTS", "shapes", "scenes", "glyph_digits",
-           "uci_digits", "photos"]
+__all__ = ["SHAPE_CLASSES", "BACKGROUNDS", "PHOTO_NAMES", "PHOTO_LABELS", "GLYPH_FONTS", "shapes", "scenes",
+           "glyph_digits", "uci_digits", "photos"]
 
 
 def uci_digits(*, size: int = 28, seed: int = 0) -> ImageSet:
