@@ -69,16 +69,25 @@ def leave_one_out_shift(ref: dict) -> list[float]:
     return scores
 
 
+def unit_wide(ref: dict) -> tuple[int, int]:
+    """(numbers that vary over the seeds, those of them whose band spans all of [0, 1] while every sample lies in
+    it): a rate or share whose band alone cannot fail; only the lab-level shift check and the hidden checks judge it."""
+    varying = [e for e in ref["values"].values() if e["kind"] == "number" and e["sd"] > 0]
+    wide = [e for e in varying if all(0 <= v <= 1 for v in e["samples"]) and e["low"] <= 0 and e["high"] >= 1]
+    return len(varying), len(wide)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="*", default=[], help="folders holding LAB.results.json of fresh runs")
     parser.add_argument("--alpha", type=float, default=None, help="leave-one-out with another alpha than the files'")
     args = parser.parse_args(argv)
     total_checked = total_missed = 0
-    print("| lab | seeds | values | leave-one-seed-out misses | largest left-out shift score | "
-          "fresh runs: problems (shift score) |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| lab | seeds | values | varying / of them with a band spanning [0, 1] | leave-one-seed-out misses | "
+          "largest left-out shift score | fresh runs: problems (shift score) |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     details, all_shifts = [], []
+    total_varying = total_wide = 0
     for lab, _ in list_labs():
         try:
             ref = R.load_reference(lab)
@@ -87,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         checked, missed, notes = leave_one_out(ref, args.alpha)
         shifts = leave_one_out_shift(ref)
+        varying, wide = unit_wide(ref)
+        total_varying, total_wide = total_varying + varying, total_wide + wide
         all_shifts += shifts
         total_checked += checked
         total_missed += missed
@@ -101,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                 fresh.append(f"seed {res['meta'].get('seed')}: {len(problems)}"
                              + (f" ({score[0]:.2f})" if score else ""))
                 details += [f"fresh run {p}: {q}" for q in problems]
-        print(f"| {lab} | {len(ref['seeds'])} | {len(ref['values'])} | {missed} of {checked} | "
+        print(f"| {lab} | {len(ref['seeds'])} | {len(ref['values'])} | {varying} / {wide} | {missed} of {checked} | "
               f"{max(shifts) if shifts else float('nan'):.2f} | {', '.join(fresh) or '-'} |")
     rate = total_missed / max(total_checked, 1)
     print(f"\nleave-one-seed-out: {total_missed} of {total_checked} values outside the band of the other seeds "
           f"({rate:.2%}; the rule's nominal rate is {args.alpha or R.ALPHA:g})")
+    print(f"bands that span all of [0, 1] (every sample in it): {total_wide} of the {total_varying} values that vary")
     if all_shifts:
         print(f"lab-level shift score of a left-out seed: median {sorted(all_shifts)[len(all_shifts) // 2]:.2f}, "
               f"largest {max(all_shifts):.2f} over {len(all_shifts)} draws (the test's limit: {R.SHIFT_MEDIAN_Z:g})")
