@@ -43,6 +43,9 @@ book: labs site
 # 3-4x slower). Results are identical. A single lab run (`make labs`, `labkit run`) is ~1.5x faster
 # with the default policy, so only the tests set it.
 test: export OMP_WAIT_POLICY ?= PASSIVE
+# one intra-op thread per pytest-xdist worker: JOBS workers share the cores (two threads each on two cores
+# oversubscribe them), and the reference bands were made with one thread
+test: export OMP_NUM_THREADS ?= 1
 test: setup
 	bash .ci/ensure-chromium.sh
 	bash .ci/ensure-bubblewrap.sh

@@ -12,7 +12,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("LABKIT_MIRROR", ROOT.parent / "shared" / "datasets"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _threads() -> int:
+    """OMP_NUM_THREADS when set to a number (`make test` sets 1: one thread per xdist worker), else at most 2."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else max(1, min(2, os.cpu_count() or 1))
+
+
+torch.set_num_threads(_threads())
 
 
 def _copy_mirror(dest: Path) -> Path:
