@@ -38,13 +38,13 @@ site: setup
 book: labs site
 	@echo "Site built: $(CURDIR)/_build/html/index.html"
 
-# During the tests OpenMP threads sleep instead of spinning when idle: two pytest workers, each
-# kernel with 2 threads, share the 2 cores, and spinning threads steal them (measured: a VAE epoch
-# 3-4x slower). Results are identical. A single lab run (`make labs`, `labkit run`) is ~1.5x faster
-# with the default policy, so only the tests set it.
+# During the tests two pytest workers share the 2 cores, so each runs torch (and each notebook kernel
+# it starts) with one intra-op thread, the thread count the reference bands were made with; with two
+# threads each they oversubscribe the cores (the clean-clone CI took 31:28 that way). OpenMP threads
+# also sleep instead of spinning when idle: spinning threads steal the shared cores (measured: a VAE
+# epoch 3-4x slower). A single lab run (`make labs`, `labkit run`) is ~1.5x faster with the default
+# policy and both threads, so only the tests set these.
 test: export OMP_WAIT_POLICY ?= PASSIVE
-# one intra-op thread per pytest-xdist worker: JOBS workers share the cores (two threads each on two cores
-# oversubscribe them), and the reference bands were made with one thread
 test: export OMP_NUM_THREADS ?= 1
 test: setup
 	bash .ci/ensure-chromium.sh
