@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({rate:.2%}; the rule's nominal rate is {args.alpha or R.ALPHA:g})")
     print(f"bands that span all of [0, 1] (every sample in it): {total_wide} of the {total_varying} values that vary")
     if all_shifts:
-        print(f"lab-level shift score of a left-out seed: median {sorted(all_shifts)[len(all_shifts) // 2]:.2f}, "
+        print(f"lab-level shift score of a left-out seed: median {statistics.median(all_shifts):.2f}, "
               f"largest {max(all_shifts):.2f} over {len(all_shifts)} draws (the test's limit: {R.SHIFT_MEDIAN_Z:g})")
     for line in details:
         print("  " + line)

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import statistics
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -319,9 +320,7 @@ def shift_score(flat: Mapping[str, Any], values: Mapping[str, Any]) -> tuple[flo
         zs.append(abs(v - e["mean"]) / (e["sd"] * math.sqrt(1 + 1 / n)))
     if len(zs) < SHIFT_MIN_VALUES:
         return None
-    zs.sort()
-    mid = len(zs) // 2
-    return (zs[mid] if len(zs) % 2 else (zs[mid - 1] + zs[mid]) / 2), len(zs)
+    return statistics.median(zs), len(zs)
 
 
 def spread(lab: str, name: str, value: float, *, fmt: str = ".2f", profile: str = PROFILE,

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.datasets import (BACKGROUNDS, GLYPH_FONTS, PHOTO_LABELS, PHOTO_NAMES, SHAPE_CLASSES, glyph_digits, load_dataset,
-                             photos, scenes, shapes, uci_digits)
+from labkit.datasets import (BACKGROUNDS, GLYPH_FONTS, PHOTO_LABELS, PHOTO_NAMES, SHAPE_CLASSES, glyph_digits,
+                             load_dataset, photos, scenes, shapes, uci_digits)
 from labkit.datasets import _glyphs
 
 
