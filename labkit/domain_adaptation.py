@@ -16,8 +16,7 @@ The gradient reversal layer (:func:`grad_reverse`) and the network (:class:`DANN
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +29,7 @@ from .hooks import eval_mode
 from .models.dann import DANN, GradientReversal, GradientReversalFunction, grad_reverse
 from .reproducibility import make_generator
 from .progress import EpochProgress
+from .training import Curves, run_epochs, to_training_device
 
 __all__ = ["MODES", "lambda_schedule", "lr_schedule", "DANNHistory", "train_dann", "domain_accuracy",
            "pseudo_label", "self_train", "grad_reverse", "GradientReversal", "GradientReversalFunction", "DANN"]
@@ -80,7 +80,7 @@ def lr_schedule(p: float, *, lr0: float = 0.01, alpha: float = 10.0, beta: float
 
 # --------------------------------------------------------------------------- history
 @dataclass
-class DANNHistory:
+class DANNHistory(Curves):
     """Per-epoch curves of one :func:`train_dann` run (accuracies on the validation sets given).
 
     ``domain_acc`` is the domain classifier's balanced accuracy on the held-out source and target
@@ -88,6 +88,9 @@ class DANNHistory:
     training batches. ``coeff`` is the GRL factor at the end of each epoch (negative = no reversal).
     ``diverged_step`` is the step whose loss was not finite (training stopped there), else None.
     """
+
+    _EPOCH_KEY = "label_loss"
+    _DEFAULT_LAST = "target_acc"
 
     mode: str = "dann"
     source_acc: list[float] = field(default_factory=list)
@@ -101,23 +104,6 @@ class DANNHistory:
     steps: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     diverged_step: int | None = None
-
-    @property
-    def epochs(self) -> int:
-        return len(self.label_loss)
-
-    def last(self, key: str = "target_acc") -> float:
-        """The final value of a curve (``ValueError`` when it was not measured)."""
-        values = getattr(self, key, None)
-        if not isinstance(values, list):
-            raise ValueError(f"DANNHistory has no curve {key!r}; curves: "
-                             f"{', '.join(k for k, v in asdict(self).items() if isinstance(v, list))}")
-        if not values:
-            raise ValueError(f"DANNHistory has no {key} values (was the matching validation set given?)")
-        return values[-1]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------- data helpers
@@ -258,11 +244,9 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
         raise ValueError(f"optimizer must be 'sgd' (the paper's, with momentum) or 'adam', got {optimizer!r}")
     sv = images_labels(source_val, fn, "source_val", labels="required") if source_val is not None else None
     tv = images_labels(target_val, fn, "target_val", labels="required") if target_val is not None else None
-    device = resolve_device(device, model, trains=True)
+    device = to_training_device(device, model)
     steps_per_epoch = steps_per_epoch or max(1, len(xs) // batch_size)
     total = max(1, epochs * steps_per_epoch)
-
-    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (all requires_grad=False)")
@@ -272,81 +256,91 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
     src_batches = _Batches(len(xs), batch_size, make_generator(seed))
     tgt_batches = _Batches(len(xt), batch_size, make_generator((seed + 1) % 2**32)) if xt is not None else None
     history = DANNHistory(mode=mode)
-    step = 0
-    try:
-        with EpochProgress(desc or mode, epochs, default_desc=f"DANN ({mode})") as progress:
-            for epoch in range(epochs):
-                t0 = time.perf_counter()
-                model.train()
-                sums = {"label": 0.0, "domain": 0.0, "dcorrect": 0, "dcount": 0}
-                coeff, rate, done = 0.0, lr, 0
-                for _ in range(steps_per_epoch):
-                    if history.diverged_step is not None:
-                        break  # diverged: keep the last finite weights, evaluate them every epoch
-                    p = step / total
-                    rate = lr_schedule(p, lr0=lr) if schedule_lr else lr
-                    for group in opt.param_groups:
-                        group["lr"] = rate
-                    coeff = _coeff(mode, p, lambda_max, gamma)
-                    i = src_batches.next()
-                    x_s, y_s = to_device((xs[i], ys[i]), device)
-                    x_t = to_device(xt[tgt_batches.next()], device) if tgt_batches is not None else None
-                    with autocast(device):
-                        if mode == "source_only":
-                            f_s = model.features(x_s)
-                            label_loss = F.cross_entropy(model.classifier(f_s).float(), y_s)
-                            if x_t is not None:
-                                with torch.no_grad():
-                                    f_t = model.features(x_t)
-                                d_logits = model.domain_classifier(torch.cat([f_s.detach(), f_t])).squeeze(1)
-                        else:
-                            f = model.features(torch.cat([x_s, x_t]))
-                            label_loss = F.cross_entropy(model.classifier(f[: len(x_s)]).float(), y_s)
-                            d_logits = model.domain_classifier(grad_reverse(f, coeff)).squeeze(1)
-                        loss = label_loss
-                        if x_t is not None:
-                            d_true = torch.cat([torch.zeros(len(x_s), device=device), torch.ones(len(x_t), device=device)])
-                            domain_loss = F.binary_cross_entropy_with_logits(d_logits.float(), d_true)
-                            loss = loss + domain_loss
-                    if not torch.isfinite(loss.detach()):
-                        history.diverged_step = step
-                        progress.message(f"{desc or mode}: the loss became {float(loss.detach()):.3g} at step {step}: "
-                                         "training diverged and stops here (the weights of the previous step are kept)")
-                        break
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    step += 1
-                    done += 1
-                    sums["label"] += float(label_loss.detach())
-                    if x_t is not None:
-                        sums["domain"] += float(domain_loss.detach())
-                        sums["dcorrect"] += int(((d_logits.detach() > 0).float() == d_true).sum())
-                        sums["dcount"] += len(d_true)
-                history.label_loss.append(sums["label"] / done if done else float("nan"))
-                if xt is not None:
-                    history.domain_loss.append(sums["domain"] / done if done else float("nan"))
-                    history.train_domain_acc.append(sums["dcorrect"] / sums["dcount"] if done else float("nan"))
-                history.coeff.append(coeff)
-                history.lr.append(rate)
-                history.steps.append(step)
-                model.eval()
-                if sv is not None:
-                    history.source_acc.append(_label_accuracy(model, sv[0], sv[1], device, 256))
-                if tv is not None:
-                    history.target_acc.append(_label_accuracy(model, tv[0], tv[1], device, 256))
-                if sv is not None and tv is not None and xt is not None:
-                    history.domain_acc.append(domain_accuracy(model, sv[0], tv[0], device=device))
-                history.seconds.append(time.perf_counter() - t0)
-                parts = [f"label loss {history.label_loss[-1]:.3f}"]
-                for key, short in (("source_acc", "source"), ("target_acc", "target"), ("domain_acc", "domain")):
-                    if getattr(history, key):
-                        parts.append(f"{short} acc {getattr(history, key)[-1]:.3f}")
-                line = "  ".join(parts)
-                progress.update(line)
-    finally:
-        model.eval()
+    state = {"step": 0}
+
+    def one_epoch(epoch: int, progress: EpochProgress) -> str:
+        sums = {"label": 0.0, "domain": 0.0, "dcorrect": 0, "dcount": 0}
+        coeff, rate, done = 0.0, lr, 0
+        for _ in range(steps_per_epoch):
+            if history.diverged_step is not None:
+                break  # diverged: keep the last finite weights, evaluate them every epoch
+            step = state["step"]
+            p = step / total
+            rate = lr_schedule(p, lr0=lr) if schedule_lr else lr
+            for group in opt.param_groups:
+                group["lr"] = rate
+            coeff = _coeff(mode, p, lambda_max, gamma)
+            i = src_batches.next()
+            x_s, y_s = to_device((xs[i], ys[i]), device)
+            x_t = to_device(xt[tgt_batches.next()], device) if tgt_batches is not None else None
+            with autocast(device):
+                label_loss, d_logits = _dann_forward(model, mode, x_s, y_s, x_t, coeff)
+                loss = label_loss
+                if x_t is not None:
+                    d_true = torch.cat([torch.zeros(len(x_s), device=device), torch.ones(len(x_t), device=device)])
+                    domain_loss = F.binary_cross_entropy_with_logits(d_logits.float(), d_true)
+                    loss = loss + domain_loss
+            if not torch.isfinite(loss.detach()):
+                history.diverged_step = step
+                progress.message(f"{desc or mode}: the loss became {float(loss.detach()):.3g} at step {step}: "
+                                 "training diverged and stops here (the weights of the previous step are kept)")
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state["step"] = step + 1
+            done += 1
+            sums["label"] += float(label_loss.detach())
+            if x_t is not None:
+                sums["domain"] += float(domain_loss.detach())
+                sums["dcorrect"] += int(((d_logits.detach() > 0).float() == d_true).sum())
+                sums["dcount"] += len(d_true)
+        history.label_loss.append(sums["label"] / done if done else float("nan"))
+        if xt is not None:
+            history.domain_loss.append(sums["domain"] / done if done else float("nan"))
+            history.train_domain_acc.append(sums["dcorrect"] / sums["dcount"] if done else float("nan"))
+        history.coeff.append(coeff)
+        history.lr.append(rate)
+        history.steps.append(state["step"])
+        return _dann_validate(model, history, sv, tv, xt is not None, device)
+
+    run_epochs([model], epochs, one_epoch, history=history, desc=desc or mode, default_desc=f"DANN ({mode})")
     return history
+
+
+def _dann_forward(model: nn.Module, mode: str, x_s: Tensor, y_s: Tensor, x_t: Tensor | None,
+                  coeff: float) -> tuple[Tensor, Tensor | None]:
+    """One DANN forward pass: the label loss on the source half and the domain logits (source
+    then target), the features reaching the domain classifier through a GRL of factor ``coeff``
+    (``mode="source_only"``: detached features, so the domain loss trains only the domain head)."""
+    if mode == "source_only":
+        f_s = model.features(x_s)
+        label_loss = F.cross_entropy(model.classifier(f_s).float(), y_s)
+        if x_t is None:
+            return label_loss, None
+        with torch.no_grad():
+            f_t = model.features(x_t)
+        return label_loss, model.domain_classifier(torch.cat([f_s.detach(), f_t])).squeeze(1)
+    f = model.features(torch.cat([x_s, x_t]))
+    label_loss = F.cross_entropy(model.classifier(f[: len(x_s)]).float(), y_s)
+    return label_loss, model.domain_classifier(grad_reverse(f, coeff)).squeeze(1)
+
+
+def _dann_validate(model: nn.Module, history: DANNHistory, sv: tuple[Tensor, Tensor] | None,
+                   tv: tuple[Tensor, Tensor] | None, has_target: bool, device: torch.device) -> str:
+    """After an epoch: the accuracies on the validation sets given, into ``history``; the epoch's line."""
+    model.eval()
+    if sv is not None:
+        history.source_acc.append(_label_accuracy(model, sv[0], sv[1], device, 256))
+    if tv is not None:
+        history.target_acc.append(_label_accuracy(model, tv[0], tv[1], device, 256))
+    if sv is not None and tv is not None and has_target:
+        history.domain_acc.append(domain_accuracy(model, sv[0], tv[0], device=device))
+    parts = [f"label loss {history.label_loss[-1]:.3f}"]
+    for key, short in (("source_acc", "source"), ("target_acc", "target"), ("domain_acc", "domain")):
+        if getattr(history, key):
+            parts.append(f"{short} acc {getattr(history, key)[-1]:.3f}")
+    return "  ".join(parts)
 
 
 # --------------------------------------------------------------------------- pseudo-labelling

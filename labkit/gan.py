@@ -23,7 +23,6 @@ discriminator maps ``(x, y)`` to one logit per image.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -36,6 +35,7 @@ from .device import resolve_device, to_device
 from .embeddings import extract_features
 from .hooks import preserve_state
 from .progress import EpochProgress
+from .training import Curves, run_epochs, to_training_device
 from .reproducibility import make_generator
 from .training import predict
 
@@ -121,7 +121,7 @@ def generator_loss(fake_logits: Tensor, *, loss: str = "non_saturating") -> Tens
 
 # --------------------------------------------------------------------------- training
 @dataclass
-class GANHistory:
+class GANHistory(Curves):
     """What :func:`train_gan` saw.
 
     Per optimizer step: ``d_loss``, ``g_loss``, ``d_real`` (mean ``D(x)`` on the real batch),
@@ -146,13 +146,12 @@ class GANHistory:
     fixed_labels: Tensor | None = field(default=None, repr=False)
     loss: str = "non_saturating"
 
+    _EPOCH_KEY = "epoch_steps"
+    _DEFAULT_LAST = "scores"
+
     @property
     def steps(self) -> int:
         return len(self.d_loss)
-
-    @property
-    def epochs(self) -> int:
-        return len(self.epoch_steps)
 
     def epoch_means(self, key: str) -> list[float]:
         """Mean of a per-step series (``"d_loss"``, ``"g_loss"``, ``"d_real"``, ...) over each epoch."""
@@ -245,9 +244,7 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epoc
     n = len(xs)
     if n < batch_size:
         raise ValueError(f"{fn}: {n} images are fewer than batch_size={batch_size}; lower batch_size")
-    device = resolve_device(device, generator, trains=True)
-    generator.to(device)
-    discriminator.to(device)
+    device = to_training_device(device, generator, discriminator)
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=tuple(betas)) if lr_g > 0 else None
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=tuple(betas)) if lr_d > 0 else None
     g_params = [p for p in generator.parameters() if p.requires_grad]
@@ -266,57 +263,53 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epoc
                 generator.eval()
                 history.scores.append(float(score_fn(generator)))
 
+    def one_epoch(epoch: int, progress: EpochProgress) -> str:
+        perm = torch.randperm(n, generator=g_cpu)
+        for start in range(0, n - batch_size + 1, batch_size):
+            idx = perm[start:start + batch_size]
+            x = to_device(xs[idx], device)
+            y = to_device(ys[idx], device) if cond else None
+            z = torch.randn(len(idx), generator.latent_dim, generator=g_dev, device=device)
+            fake = generator(z, y) if cond else generator(z)
+            # discriminator step
+            real_logits = discriminator(x, y) if cond else discriminator(x)
+            fake_logits = discriminator(fake.detach(), y) if cond else discriminator(fake.detach())
+            d_loss = discriminator_loss(real_logits, fake_logits)
+            if opt_d is not None:
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+            # generator step, against the updated discriminator
+            if opt_g is not None:
+                logits = discriminator(fake, y) if cond else discriminator(fake)
+                g_loss = generator_loss(logits, loss=loss)
+                opt_g.zero_grad(set_to_none=True)
+                g_loss.backward()
+                history.g_grad_norm.append(_grad_norm(g_params))
+                opt_g.step()
+            else:
+                g_loss = generator_loss(fake_logits.detach(), loss=loss)
+                history.g_grad_norm.append(float("nan"))
+            history.d_loss.append(float(d_loss.detach()))
+            history.g_loss.append(float(g_loss.detach()))
+            history.d_real.append(float(torch.sigmoid(real_logits.detach()).mean()))
+            history.d_fake.append(float(torch.sigmoid(fake_logits.detach()).mean()))
+        history.epoch_steps.append(history.steps)
+        observe()
+        means = history.epoch_means
+        line = (f"D loss {means('d_loss')[-1]:.3f}  G loss {means('g_loss')[-1]:.3f}  "
+                f"D(x) {means('d_real')[-1]:.2f}  D(G(z)) {means('d_fake')[-1]:.2f}")
+        if score_fn is not None:
+            line += f"  score {history.scores[-1]:.2f}"
+        return line
+
     try:
-        with EpochProgress(desc, epochs, default_desc="GAN") as progress:
-            observe()
-            for epoch in range(epochs):
-                t0 = time.perf_counter()
-                generator.train()
-                discriminator.train()
-                perm = torch.randperm(n, generator=g_cpu)
-                for start in range(0, n - batch_size + 1, batch_size):
-                    idx = perm[start:start + batch_size]
-                    x = to_device(xs[idx], device)
-                    y = to_device(ys[idx], device) if cond else None
-                    z = torch.randn(len(idx), generator.latent_dim, generator=g_dev, device=device)
-                    fake = generator(z, y) if cond else generator(z)
-                    # discriminator step
-                    real_logits = discriminator(x, y) if cond else discriminator(x)
-                    fake_logits = discriminator(fake.detach(), y) if cond else discriminator(fake.detach())
-                    d_loss = discriminator_loss(real_logits, fake_logits)
-                    if opt_d is not None:
-                        opt_d.zero_grad(set_to_none=True)
-                        d_loss.backward()
-                        opt_d.step()
-                    # generator step, against the updated discriminator
-                    if opt_g is not None:
-                        logits = discriminator(fake, y) if cond else discriminator(fake)
-                        g_loss = generator_loss(logits, loss=loss)
-                        opt_g.zero_grad(set_to_none=True)
-                        g_loss.backward()
-                        history.g_grad_norm.append(_grad_norm(g_params))
-                        opt_g.step()
-                    else:
-                        g_loss = generator_loss(fake_logits.detach(), loss=loss)
-                        history.g_grad_norm.append(float("nan"))
-                    history.d_loss.append(float(d_loss.detach()))
-                    history.g_loss.append(float(g_loss.detach()))
-                    history.d_real.append(float(torch.sigmoid(real_logits.detach()).mean()))
-                    history.d_fake.append(float(torch.sigmoid(fake_logits.detach()).mean()))
-                history.epoch_steps.append(history.steps)
-                observe()
-                history.seconds.append(time.perf_counter() - t0)
-                s = history.epoch_steps[-2] if epoch else 0
-                line = (f"D loss {sum(history.d_loss[s:]) / max(1, history.steps - s):.3f}  "
-                        f"G loss {sum(history.g_loss[s:]) / max(1, history.steps - s):.3f}  "
-                        f"D(x) {sum(history.d_real[s:]) / max(1, history.steps - s):.2f}  "
-                        f"D(G(z)) {sum(history.d_fake[s:]) / max(1, history.steps - s):.2f}")
-                if score_fn is not None:
-                    line += f"  score {history.scores[-1]:.2f}"
-                progress.update(line)
-    finally:
-        generator.eval()
+        observe()  # the snapshot (and score) before training
+    except BaseException:
+        generator.eval()  # like a failing epoch: both models end in eval mode
         discriminator.eval()
+        raise
+    run_epochs([generator, discriminator], epochs, one_epoch, history=history, desc=desc, default_desc="GAN")
     return history
 
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,6 +31,7 @@ from .models.segmentation import (FCN, EfficientNetEncoder, EncoderClassifier, R
                                   VGGEncoder, bilinear_kernel, bilinear_upsampler)
 from .metrics import boundary_f1, confusion_matrix, segmentation_scores
 from .progress import EpochProgress
+from .training import Curves, run_epochs, to_training_device
 
 __all__ = ["SegHistory", "train_segmentation", "predict_segmentation", "evaluate_segmentation", "segment_target",
            "label_to_rgb", "photo_scenes", "per_class_iou", "SEGMENTATION_PALETTE",
@@ -48,26 +48,15 @@ SEGMENTATION_PALETTE: tuple[tuple[float, float, float], ...] = (
 
 
 @dataclass
-class SegHistory:
+class SegHistory(Curves):
     """Per-epoch curves of :func:`train_segmentation` (validation scores when ``val`` is given)."""
+
+    _DEFAULT_LAST = "val_mean_iou"
 
     train_loss: list[float] = field(default_factory=list)
     val_pixel_accuracy: list[float] = field(default_factory=list)
     val_mean_iou: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
-
-    @property
-    def epochs(self) -> int:
-        return len(self.train_loss)
-
-    def last(self, key: str = "val_mean_iou") -> float:
-        values = getattr(self, key)
-        if not values:
-            raise ValueError(f"SegHistory has no {key} values (was validation data given?)")
-        return values[-1]
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -133,14 +122,12 @@ def train_segmentation(model: nn.Module, train: Any, val: Any = None, *, epochs:
         raise ValueError("freeze_encoder=True needs a model with .encoder and .decode(features) (an lk FCN); "
                          "pass freeze_encoder=False to train the whole model")
     images, masks = _images_masks(train, "train")
-    dev = resolve_device(device, model, trains=True)
-    model.to(dev)
+    dev = to_training_device(device, model)
     weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=dev)
     history = SegHistory()
     saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     try:
-        with (torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
-              EpochProgress(desc, epochs, default_desc="segmentation") as progress):
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(seed)
             inputs = val_inputs = None
             if val is not None:
@@ -161,9 +148,8 @@ def train_segmentation(model: nn.Module, train: Any, val: Any = None, *, epochs:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps)) if scheduler else None
             gen = torch.Generator().manual_seed(seed)
             h, w = images.shape[-2:]
-            for epoch in range(epochs):
-                t0 = time.perf_counter()
-                model.train()
+
+            def one_epoch(epoch: int, progress: EpochProgress) -> str:
                 if freeze_encoder:
                     model.encoder.eval()  # batch-norm statistics of the pretrained encoder stay fixed
                 order = torch.randperm(n, generator=gen)
@@ -184,18 +170,19 @@ def train_segmentation(model: nn.Module, train: Any, val: Any = None, *, epochs:
                     loss_sum += float(loss.detach()) * len(idx)
                 history.train_loss.append(loss_sum / n)
                 line = f"train loss {history.train_loss[-1]:.3f}"
-                if val is not None:
-                    if val_inputs is not None:  # the head on the cached validation features
-                        pred = _decode_labels(model, val_inputs, val_images.shape[-2:], dev)
-                        scores = segmentation_scores(confusion_matrix(pred, val_masks, k))
-                    else:
-                        scores = evaluate_segmentation(model, (val_images, val_masks), num_classes=k, device=dev,
-                                                       boundary=False)
-                    history.val_pixel_accuracy.append(scores["pixel_accuracy"])
-                    history.val_mean_iou.append(scores["mean_iou"])
-                    line += f" | val pixel acc {scores['pixel_accuracy']:.3f} mean IoU {scores['mean_iou']:.3f}"
-                history.seconds.append(time.perf_counter() - t0)
-                progress.update(line)
+                if val is None:
+                    return line
+                if val_inputs is not None:  # the head on the cached validation features
+                    pred = _decode_labels(model, val_inputs, val_images.shape[-2:], dev)
+                    scores = segmentation_scores(confusion_matrix(pred, val_masks, k))
+                else:
+                    scores = evaluate_segmentation(model, (val_images, val_masks), num_classes=k, device=dev,
+                                                   boundary=False)
+                history.val_pixel_accuracy.append(scores["pixel_accuracy"])
+                history.val_mean_iou.append(scores["mean_iou"])
+                return line + f" | val pixel acc {scores['pixel_accuracy']:.3f} mean IoU {scores['mean_iou']:.3f}"
+
+            run_epochs([model], epochs, one_epoch, history=history, desc=desc, default_desc="segmentation")
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(saved_flags.get(name, p.requires_grad))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,32 +32,90 @@ Batch = tuple[Tensor, Tensor]
 DataLike = Any  # ImageSet, Dataset, DataLoader or a (images, labels) pair
 
 
+# ---------------------------------------------------------------------------------------------
+# The training engine: every trainer of labkit (fit, train_vae, train_gan, train_dann,
+# train_segmentation) is its own step inside this one epoch loop and keeps its curves in a
+# ``Curves`` subclass.
+
+
+class Curves:
+    """Base of the trainers' histories (dataclasses of per-epoch lists): ``epochs``, ``last``,
+    ``to_dict``, ``from_dict``. ``_EPOCH_KEY`` names the curve that has one value per epoch."""
+
+    _EPOCH_KEY = "train_loss"
+    _DEFAULT_LAST = "val_acc"
+
+    @property
+    def epochs(self) -> int:
+        return len(getattr(self, self._EPOCH_KEY))
+
+    def last(self, key: str | None = None) -> float:
+        """The final value of a curve (``ValueError`` naming the curves when ``key`` is not one,
+        or saying why when it was not measured)."""
+        key = self._DEFAULT_LAST if key is None else key
+        values = getattr(self, key, None)
+        name = type(self).__name__
+        if not isinstance(values, list):
+            curves = ", ".join(k for k, v in asdict(self).items() if isinstance(v, list))
+            raise ValueError(f"{name} has no curve {key!r}; curves: {curves}")
+        if not values:
+            raise ValueError(f"{name} has no {key} values (was validation data given?)")
+        return values[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return cls(**{k: (list(v) if isinstance(v, list) else v) for k, v in d.items()
+                      if k in cls.__dataclass_fields__})
+
+
+def to_training_device(device: torch.device | str | None, *models: nn.Module) -> torch.device:
+    """The device a trainer trains on (``device=None``: the best one, see
+    :func:`labkit.device.resolve_device`), with every model moved there."""
+    dev = resolve_device(device, models[0], trains=True)
+    for m in models:
+        m.to(dev)
+    return dev
+
+
+def run_epochs(models: Sequence[nn.Module], epochs: int, one_epoch: Callable[[int, EpochProgress], str], *,
+               history: Any, desc: str, default_desc: str,
+               after_epoch: Callable[[int], None] | None = None) -> None:
+    """The epoch loop of every trainer.
+
+    Each epoch: every model in train mode, ``line = one_epoch(epoch, progress)`` (the trainer's
+    batches, validation and curves; ``line`` is the epoch's summary), the epoch's wall time into
+    ``history.seconds``, the line to :class:`labkit.progress.EpochProgress` (a live bar in
+    JupyterLab, one static line per run under papermill), then ``after_epoch(epoch)``. Every model
+    ends in eval mode, also when a step raises.
+    """
+    try:
+        with EpochProgress(desc, epochs, default_desc=default_desc) as progress:
+            for epoch in range(epochs):
+                t0 = time.perf_counter()
+                for m in models:
+                    m.train()
+                line = one_epoch(epoch, progress)
+                history.seconds.append(time.perf_counter() - t0)
+                progress.update(line)
+                if after_epoch is not None:
+                    after_epoch(epoch)
+    finally:
+        for m in models:
+            m.eval()
+
+
 @dataclass
-class History:
-    """Per-epoch curves of one training run."""
+class History(Curves):
+    """Per-epoch curves of one :func:`fit` run."""
 
     train_loss: list[float] = field(default_factory=list)
     train_acc: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
-
-    @property
-    def epochs(self) -> int:
-        return len(self.train_loss)
-
-    def last(self, key: str = "val_acc") -> float:
-        values = getattr(self, key)
-        if not values:
-            raise ValueError(f"History has no {key} values (was validation data given?)")
-        return values[-1]
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, list[float]]) -> "History":
-        return cls(**{k: list(v) for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def as_loader(data: DataLike, *, batch_size: int = 64, shuffle: bool = False, seed: int = 0) -> DataLoader | Iterable[Batch]:
@@ -148,52 +207,45 @@ def fit(model: nn.Module, train: DataLike, val: DataLike | None = None, *, epoch
         raise ValueError(f"lr must be positive, got {lr!r}")
     if scheduler not in (None, "cosine"):
         raise ValueError(f"scheduler must be None or 'cosine', got {scheduler!r}")
-    device = resolve_device(device, model, trains=True)
+    device = to_training_device(device, model)
     loss_fn = loss_fn or nn.functional.cross_entropy
-    model.to(device)
     opt = _make_optimizer(model, optimizer, lr, weight_decay, momentum)
     loader = as_loader(train, batch_size=batch_size, shuffle=True, seed=seed)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader))) if scheduler else None
     use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     history = History()
-    try:
-        with EpochProgress(desc, epochs, default_desc="training") as progress:
-            for epoch in range(epochs):
-                t0 = time.perf_counter()
-                model.train()
-                total, loss_sum, correct = 0, 0.0, 0
-                for x, y in loader:
-                    x, y = to_device((x, y), device)
-                    if augment is not None:
-                        x = augment(x)
-                    with autocast(device):
-                        out = model(x)
-                        loss = loss_fn(out.float(), y)
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                    if sched is not None:
-                        sched.step()
-                    loss_sum += float(loss.detach()) * len(y)
-                    correct += _accuracy_count(out.detach(), y)
-                    total += len(y)
-                history.train_loss.append(loss_sum / max(total, 1))
-                history.train_acc.append(correct / max(total, 1))
-                if val is not None:
-                    ev = evaluate(model, val, loss_fn=loss_fn, device=device)
-                    history.val_loss.append(ev["loss"])
-                    history.val_acc.append(ev["accuracy"])
-                history.seconds.append(time.perf_counter() - t0)
-                line = f"train loss {history.train_loss[-1]:.3f} acc {history.train_acc[-1]:.3f}"
-                if val is not None:
-                    line += f" | val loss {history.val_loss[-1]:.3f} acc {history.val_acc[-1]:.3f}"
-                progress.update(line)
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, model, history)
-    finally:
-        model.eval()
+
+    def one_epoch(epoch: int, progress: EpochProgress) -> str:
+        total, loss_sum, correct = 0, 0.0, 0
+        for x, y in loader:
+            x, y = to_device((x, y), device)
+            if augment is not None:
+                x = augment(x)
+            with autocast(device):
+                out = model(x)
+                loss = loss_fn(out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if sched is not None:
+                sched.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += _accuracy_count(out.detach(), y)
+            total += len(y)
+        history.train_loss.append(loss_sum / max(total, 1))
+        history.train_acc.append(correct / max(total, 1))
+        line = f"train loss {history.train_loss[-1]:.3f} acc {history.train_acc[-1]:.3f}"
+        if val is not None:
+            ev = evaluate(model, val, loss_fn=loss_fn, device=device)
+            history.val_loss.append(ev["loss"])
+            history.val_acc.append(ev["accuracy"])
+            line += f" | val loss {history.val_loss[-1]:.3f} acc {history.val_acc[-1]:.3f}"
+        return line
+
+    run_epochs([model], epochs, one_epoch, history=history, desc=desc, default_desc="training",
+               after_epoch=None if on_epoch_end is None else lambda epoch: on_epoch_end(epoch, model, history))
     return history
 
 
@@ -278,39 +330,63 @@ def _callable_key(fn: Any) -> Any:
 
 
 def train_or_load(name: str, model: nn.Module, train: DataLike, val: DataLike | None = None, *,
-                  root: str | os.PathLike | None = None, retrain: bool = False, **fit_kwargs: Any) -> History:
-    """Load ``model``'s weights from the checkpoint cache when present, else :func:`fit` and save.
+                  trainer: Callable[..., Curves] | None = None, root: str | os.PathLike | None = None,
+                  retrain: bool = False, **train_kwargs: Any) -> Curves:
+    """Load ``model``'s weights from the checkpoint cache when present, else train and save.
 
-    The cache key combines ``name``, the model's architecture, the training options
-    (``fit_kwargs``, seed included) and a content hash of the training and validation data,
-    so a changed lab never loads a stale checkpoint. Files live under
-    ``labkit.storage.checkpoint_root()`` (``$LABKIT_CHECKPOINTS``). Returns the History.
+    ``trainer`` is :func:`fit` by default, or any labkit trainer called as
+    ``trainer(model, train, val, **train_kwargs)`` (``lk.train_vae``, ``lk.train_segmentation``).
+    The cache key combines ``name``, the model's architecture, the trainer, the training options
+    (``train_kwargs``, seed included) and a content hash of the training and validation data, so
+    a changed lab never loads a stale checkpoint. Files live under
+    ``labkit.storage.checkpoint_root()`` (``$LABKIT_CHECKPOINTS``). Returns the trainer's history.
     """
     from .storage import checkpoint_root
 
     if not isinstance(name, str) or not name or "/" in name:
-        raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
-    if "on_epoch_end" in fit_kwargs or isinstance(fit_kwargs.get("optimizer"), torch.optim.Optimizer):
+        raise ValueError(f"train_or_load: name must be a non-empty string without '/', got {name!r}")
+    if trainer is not None and not callable(trainer):
+        raise TypeError(f"train_or_load: trainer must be a labkit trainer such as lk.train_vae (or None for lk.fit), "
+                        f"got {type(trainer).__name__}")
+    if "on_epoch_end" in train_kwargs or isinstance(train_kwargs.get("optimizer"), torch.optim.Optimizer):
         raise ValueError("train_or_load cannot cache runs with on_epoch_end or an optimizer object; call fit()")
-    options = {k: (_callable_key(v) if callable(v) else v) for k, v in sorted(fit_kwargs.items()) if k != "device"}
-    key = _fingerprint([name, repr(model), json.dumps(options, sort_keys=True, default=repr),
-                        _fingerprint(train) if not isinstance(train, DataLoader) else repr(train.dataset),
-                        _fingerprint(val) if val is not None and not isinstance(val, DataLoader) else repr(val)])
+    options = {k: (_callable_key(v) if callable(v) else v) for k, v in sorted(train_kwargs.items()) if k != "device"}
+    parts = [name, repr(model), json.dumps(options, sort_keys=True, default=repr),
+             _fingerprint(train) if not isinstance(train, DataLoader) else repr(train.dataset),
+             _fingerprint(val) if val is not None and not isinstance(val, DataLoader) else repr(val)]
+    if trainer is not None and trainer is not fit:  # fit's keys are those of the checkpoints made before trainer=
+        parts.append(f"{trainer.__module__}.{trainer.__qualname__}")
+    key = _fingerprint(parts)
     folder = Path(root) if root is not None else checkpoint_root()
     path = folder / f"{name}-{key}.pt"
-    device = fit_kwargs.get("device")
     if path.exists() and not retrain:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-        model.to(resolve_device(device, model, trains=True))
+        to_training_device(train_kwargs.get("device"), model)
         model.eval()
         if progress_mode() != "none":
             print(f"loaded checkpoint {path.name}")
-        return History.from_dict(state["history"])
-    history = fit(model, train, val, **fit_kwargs)
+        return _history_type(state.get("history_type")).from_dict(state["history"])
+    history = (trainer or fit)(model, train, val, **train_kwargs)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "history": history.to_dict(), "options": options}, tmp)
+                "history": history.to_dict(), "options": options,
+                "history_type": f"{type(history).__module__}:{type(history).__qualname__}"}, tmp)
     os.replace(tmp, path)
     return history
+
+
+def _history_type(spec: str | None) -> type[Curves]:
+    """The history class a checkpoint names (``module:Class``, a labkit module); ``History`` when absent."""
+    if spec is None:
+        return History
+    module, _, qualname = spec.partition(":")
+    if not module.startswith("labkit."):
+        raise ValueError(f"train_or_load: the checkpoint names the history class {spec!r}, not one of labkit's; "
+                         "delete the file or pass retrain=True")
+    cls = getattr(importlib.import_module(module), qualname, None)
+    if not (isinstance(cls, type) and issubclass(cls, Curves)):
+        raise ValueError(f"train_or_load: the checkpoint's history class {spec!r} is unknown to this labkit; "
+                         "pass retrain=True")
+    return cls

@@ -19,9 +19,8 @@ they follow the interface ``encode(x, y) -> (mu, logvar)``, ``decode(z, y) -> lo
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +31,7 @@ from .device import resolve_device, to_device
 from .hooks import eval_mode, preserve_state
 from .progress import EpochProgress
 from .reproducibility import make_generator
+from .training import Curves, run_epochs, to_training_device
 
 __all__ = ["LIKELIHOODS", "ELBO", "VAEHistory", "kl_divergence", "reparameterize", "reconstruction_nll",
            "elbo_loss", "train_vae", "evaluate_elbo", "latent_means", "kl_per_dimension", "decode_latents", "sample_vae",
@@ -183,12 +183,14 @@ def elbo_loss(logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *, likeliho
 
 # --------------------------------------------------------------------------- training
 @dataclass
-class VAEHistory:
+class VAEHistory(Curves):
     """Per-epoch means (nats per image) of one :func:`train_vae` run.
 
     ``loss = rec + beta * kl``. The ``train_*`` / ``val_*`` names let ``lk.plot_history(h,
     metrics=("loss", "rec", "kl"))`` draw them.
     """
+
+    _DEFAULT_LAST = "val_loss"
 
     train_loss: list[float] = field(default_factory=list)
     train_rec: list[float] = field(default_factory=list)
@@ -197,13 +199,6 @@ class VAEHistory:
     val_rec: list[float] = field(default_factory=list)
     val_kl: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
-
-    @property
-    def epochs(self) -> int:
-        return len(self.train_loss)
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return asdict(self)
 
 
 def add_noise(images: Tensor, *, std: float, seed: int = 0, clip: bool = True) -> Tensor:
@@ -246,50 +241,45 @@ def train_vae(model: nn.Module, train: Any, val: Any = None, *, epochs: int, lr:
     cond = _conditional(model)
     xs, ys = images_labels(train, fn, "train", labels="required" if cond else "ignored",
                            why="the model is conditional")
-    device = resolve_device(device, model, trains=True)
-    model.to(device)
+    device = to_training_device(device, model)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     g_cpu = make_generator(seed, torch.device("cpu"))
     g_dev = make_generator(seed + 1, device)
     history = VAEHistory()
     n = len(xs)
-    try:
-        with EpochProgress(desc, epochs, default_desc="VAE") as progress:
-            for epoch in range(epochs):
-                t0 = time.perf_counter()
-                model.train()
-                perm = torch.randperm(n, generator=g_cpu)
-                sums = torch.zeros(3, dtype=torch.float64)
-                for start in range(0, n, batch_size):
-                    idx = perm[start:start + batch_size]
-                    x = to_device(xs[idx], device)
-                    y = to_device(ys[idx], device) if ys is not None else None
-                    x_in = x
-                    if noise_std > 0:
-                        x_in = (x + noise_std * torch.randn(x.shape, generator=g_dev, device=device)).clamp(0.0, 1.0)
-                    mu, logvar = model.encode(x_in, y)
-                    z = reparameterize(mu, logvar, generator=g_dev)
-                    terms = elbo_loss(model.decode(z, y), x, mu, logvar, likelihood=likelihood, sigma=sigma, beta=beta)
-                    opt.zero_grad(set_to_none=True)
-                    terms.loss.backward()
-                    opt.step()
-                    sums += torch.tensor([float(t.detach()) for t in terms], dtype=torch.float64) * len(idx)
-                sums /= n
-                history.train_loss.append(float(sums[0]))
-                history.train_rec.append(float(sums[1]))
-                history.train_kl.append(float(sums[2]))
-                line = f"loss {sums[0]:.1f} (rec {sums[1]:.1f} + kl {sums[2]:.1f})"
-                if val is not None:
-                    ev = evaluate_elbo(model, val, likelihood=likelihood, sigma=sigma, beta=beta, noise_std=noise_std,
-                                       seed=seed, device=device)
-                    history.val_loss.append(ev["loss"])
-                    history.val_rec.append(ev["reconstruction"])
-                    history.val_kl.append(ev["kl"])
-                    line += f" | val loss {ev['loss']:.1f}"
-                history.seconds.append(time.perf_counter() - t0)
-                progress.update(line)
-    finally:
-        model.eval()
+
+    def one_epoch(epoch: int, progress: EpochProgress) -> str:
+        perm = torch.randperm(n, generator=g_cpu)
+        sums = torch.zeros(3, dtype=torch.float64)
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            x = to_device(xs[idx], device)
+            y = to_device(ys[idx], device) if ys is not None else None
+            x_in = x
+            if noise_std > 0:
+                x_in = (x + noise_std * torch.randn(x.shape, generator=g_dev, device=device)).clamp(0.0, 1.0)
+            mu, logvar = model.encode(x_in, y)
+            z = reparameterize(mu, logvar, generator=g_dev)
+            terms = elbo_loss(model.decode(z, y), x, mu, logvar, likelihood=likelihood, sigma=sigma, beta=beta)
+            opt.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            opt.step()
+            sums += torch.tensor([float(t.detach()) for t in terms], dtype=torch.float64) * len(idx)
+        sums /= n
+        history.train_loss.append(float(sums[0]))
+        history.train_rec.append(float(sums[1]))
+        history.train_kl.append(float(sums[2]))
+        line = f"loss {sums[0]:.1f} (rec {sums[1]:.1f} + kl {sums[2]:.1f})"
+        if val is not None:
+            ev = evaluate_elbo(model, val, likelihood=likelihood, sigma=sigma, beta=beta, noise_std=noise_std,
+                               seed=seed, device=device)
+            history.val_loss.append(ev["loss"])
+            history.val_rec.append(ev["reconstruction"])
+            history.val_kl.append(ev["kl"])
+            line += f" | val loss {ev['loss']:.1f}"
+        return line
+
+    run_epochs([model], epochs, one_epoch, history=history, desc=desc, default_desc="VAE")
     return history
 
 

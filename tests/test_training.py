@@ -434,3 +434,60 @@ def test_train_or_load_keys_callable_options_by_their_code_and_values(tmp_path, 
     train_or_load("c", tiny_cnn(), data, **common, augment=shift(0.2))
     train_or_load("c", tiny_cnn(), data, **common, loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1))
     train_or_load("c", tiny_cnn(), data, **common, augment=Scale(2.0))
+
+
+def test_train_or_load_other_trainers_keep_their_history_type(tmp_path, monkeypatch) -> None:
+    from labkit.models.generative import MLPVAE
+    from labkit.vae import VAEHistory, train_vae
+
+    x = torch.rand(16, 1, 8, 8)
+
+    def vae() -> nn.Module:
+        torch.manual_seed(0)
+        return MLPVAE((1, 8, 8), latent_dim=2, hidden=(8,))
+
+    h1 = train_or_load("v", vae(), x, trainer=train_vae, root=tmp_path, epochs=1, batch_size=8, device="cpu")
+    fitted = train_or_load("v", tiny_cnn(), sign_task(8), root=tmp_path, epochs=1)  # same name, fit: another file
+    assert len(list(tmp_path.glob("v-*.pt"))) == 2 and isinstance(fitted, History)
+    monkeypatch.setattr("labkit.vae.train_vae", lambda *a, **k: pytest.fail("must load, not train"))
+    model = vae()
+    h2 = train_or_load("v", model, x, trainer=train_vae, root=tmp_path, epochs=1, batch_size=8, device="cpu")
+    assert isinstance(h2, VAEHistory) and h2 == h1 and not model.training
+    with pytest.raises(TypeError, match="trainer must be a labkit trainer"):
+        train_or_load("v", vae(), x, trainer="train_vae", root=tmp_path, epochs=1)
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+def test_run_epochs_modes_seconds_lines_and_failure(monkeypatch, capsys) -> None:
+    a, b = nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    seen, after = [], []
+    hist = History()
+
+    def one_epoch(epoch, progress):
+        seen.append((epoch, a.training, b.training, b[1].training))
+        return f"epoch line {epoch}"
+
+    monkeypatch.setenv("LABKIT_PROGRESS", "plain")
+    training.run_epochs([a, b], 3, one_epoch, history=hist, desc="toy", default_desc="x", after_epoch=after.append)
+    assert seen == [(0, True, True, True), (1, True, True, True), (2, True, True, True)]
+    assert after == [0, 1, 2] and len(hist.seconds) == 3 and not a.training and not b[1].training
+    assert capsys.readouterr().out == "toy: epoch 3/3  epoch line 2\n"  # one static line per run
+
+    def failing(epoch, progress):
+        raise RuntimeError("step failed")
+
+    with pytest.raises(RuntimeError, match="step failed"):
+        training.run_epochs([a, b], 2, failing, history=History(), desc="toy", default_desc="x")
+    assert not a.training and not b.training and not b[1].training
+    assert capsys.readouterr().out == ""  # a failed run prints its exception, not a result line
+
+
+def test_curves_last_names_the_curves() -> None:
+    h = History(train_loss=[1.0, 0.5])
+    assert h.epochs == 2 and h.last("train_loss") == 0.5
+    with pytest.raises(ValueError, match="History has no val_acc values"):
+        h.last()
+    with pytest.raises(ValueError, match="no curve 'accuracy'; curves: train_loss, train_acc"):
+        h.last("accuracy")
+    assert History.from_dict({**h.to_dict(), "unknown": [1]}) == h
