@@ -224,24 +224,9 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     fn = "train_dann"
-    xs, ys = images_labels(source, fn, "source", labels="required")
-    xt = None
-    if target is not None:
-        xt, _ = images_labels(target, fn, "target", labels="ignored")
-        if xt.shape[1:] != xs.shape[1:]:
-            raise ValueError(f"source images {tuple(xs.shape[1:])} and target images {tuple(xt.shape[1:])} must have "
-                             "the same [C, H, W] (e.g. glyph_digits(..., channels=3) for an RGB target)")
-    elif mode != "source_only":
-        raise ValueError(f"mode={mode!r} needs unlabelled target images; pass target=..., or use mode='source_only'")
-    epochs = _check_int("epochs", epochs, low=0)
-    batch_size = _check_int("batch_size", batch_size, low=1)
-    steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, low=1, allow_none=True)
-    lr = _check_positive("lr", lr)
-    lambda_max = _check_positive("lambda_max", lambda_max, zero_ok=True)
-    gamma = _check_positive("gamma", gamma)
-    weight_decay = _check_positive("weight_decay", weight_decay, zero_ok=True)
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' (the paper's, with momentum) or 'adam', got {optimizer!r}")
+    xs, ys, xt = _dann_data(source, target, mode)
+    epochs, batch_size, steps_per_epoch, lr, lambda_max, gamma, weight_decay = _dann_options(
+        epochs, batch_size, steps_per_epoch, lr, lambda_max, gamma, weight_decay, optimizer)
     sv = images_labels(source_val, fn, "source_val", labels="required") if source_val is not None else None
     tv = images_labels(target_val, fn, "target_val", labels="required") if target_val is not None else None
     device = to_training_device(device, model)
@@ -259,8 +244,8 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
     state = {"step": 0}
 
     def one_epoch(epoch: int, progress: EpochProgress) -> str:
-        sums = {"label": 0.0, "domain": 0.0, "dcorrect": 0, "dcount": 0}
-        coeff, rate, done = 0.0, lr, 0
+        sums = _DannSums()
+        coeff, rate = 0.0, lr
         for _ in range(steps_per_epoch):
             if history.diverged_step is not None:
                 break  # diverged: keep the last finite weights, evaluate them every epoch
@@ -274,12 +259,7 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
             x_s, y_s = to_device((xs[i], ys[i]), device)
             x_t = to_device(xt[tgt_batches.next()], device) if tgt_batches is not None else None
             with autocast(device):
-                label_loss, d_logits = _dann_forward(model, mode, x_s, y_s, x_t, coeff)
-                loss = label_loss
-                if x_t is not None:
-                    d_true = torch.cat([torch.zeros(len(x_s), device=device), torch.ones(len(x_t), device=device)])
-                    domain_loss = F.binary_cross_entropy_with_logits(d_logits.float(), d_true)
-                    loss = loss + domain_loss
+                loss, *terms = _dann_loss(model, mode, x_s, y_s, x_t, coeff)
             if not torch.isfinite(loss.detach()):
                 history.diverged_step = step
                 progress.message(f"{desc or mode}: the loss became {float(loss.detach()):.3g} at step {step}: "
@@ -289,16 +269,8 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
             loss.backward()
             opt.step()
             state["step"] = step + 1
-            done += 1
-            sums["label"] += float(label_loss.detach())
-            if x_t is not None:
-                sums["domain"] += float(domain_loss.detach())
-                sums["dcorrect"] += int(((d_logits.detach() > 0).float() == d_true).sum())
-                sums["dcount"] += len(d_true)
-        history.label_loss.append(sums["label"] / done if done else float("nan"))
-        if xt is not None:
-            history.domain_loss.append(sums["domain"] / done if done else float("nan"))
-            history.train_domain_acc.append(sums["dcorrect"] / sums["dcount"] if done else float("nan"))
+            sums.add(*terms)
+        sums.record(history, has_target=xt is not None)
         history.coeff.append(coeff)
         history.lr.append(rate)
         history.steps.append(state["step"])
@@ -306,6 +278,69 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
 
     run_epochs([model], epochs, one_epoch, history=history, desc=desc or mode, default_desc=f"DANN ({mode})")
     return history
+
+
+def _dann_options(epochs: Any, batch_size: Any, steps_per_epoch: Any, lr: Any, lambda_max: Any, gamma: Any,
+                  weight_decay: Any, optimizer: Any) -> tuple[int, int, int | None, float, float, float, float]:
+    """:func:`train_dann`'s numeric options, checked (``optimizer`` only checked)."""
+    checked = (_check_int("epochs", epochs, low=0), _check_int("batch_size", batch_size, low=1),
+               _check_int("steps_per_epoch", steps_per_epoch, low=1, allow_none=True), _check_positive("lr", lr),
+               _check_positive("lambda_max", lambda_max, zero_ok=True), _check_positive("gamma", gamma),
+               _check_positive("weight_decay", weight_decay, zero_ok=True))
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' (the paper's, with momentum) or 'adam', got {optimizer!r}")
+    return checked
+
+
+class _DannSums:
+    """One epoch's running sums of :func:`train_dann`'s loss terms and training domain accuracy."""
+
+    def __init__(self) -> None:
+        self.label, self.domain, self.correct, self.count, self.steps = 0.0, 0.0, 0, 0, 0
+
+    def add(self, label_loss: Tensor, domain_loss: Tensor | None, d_logits: Tensor | None,
+            d_true: Tensor | None) -> None:
+        self.steps += 1
+        self.label += float(label_loss.detach())
+        if domain_loss is not None:
+            self.domain += float(domain_loss.detach())
+            self.correct += int(((d_logits.detach() > 0).float() == d_true).sum())
+            self.count += len(d_true)
+
+    def record(self, history: DANNHistory, *, has_target: bool) -> None:
+        """The epoch's means into ``history`` (NaN for an epoch without a step, after divergence)."""
+        nan = float("nan")
+        history.label_loss.append(self.label / self.steps if self.steps else nan)
+        if has_target:
+            history.domain_loss.append(self.domain / self.steps if self.steps else nan)
+            history.train_domain_acc.append(self.correct / self.count if self.steps else nan)
+
+
+def _dann_data(source: Any, target: Any, mode: str) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`train_dann`'s source images and labels and target images (None without a target)."""
+    fn = "train_dann"
+    xs, ys = images_labels(source, fn, "source", labels="required")
+    if target is None:
+        if mode != "source_only":
+            raise ValueError(f"mode={mode!r} needs unlabelled target images; pass target=..., or use mode='source_only'")
+        return xs, ys, None
+    xt, _ = images_labels(target, fn, "target", labels="ignored")
+    if xt.shape[1:] != xs.shape[1:]:
+        raise ValueError(f"source images {tuple(xs.shape[1:])} and target images {tuple(xt.shape[1:])} must have "
+                         "the same [C, H, W] (e.g. glyph_digits(..., channels=3) for an RGB target)")
+    return xs, ys, xt
+
+
+def _dann_loss(model: nn.Module, mode: str, x_s: Tensor, y_s: Tensor, x_t: Tensor | None,
+               coeff: float) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """One step's loss (label + domain), its label and domain terms, the domain logits and their
+    targets (source 0, target 1); the domain parts are None without target images."""
+    label_loss, d_logits = _dann_forward(model, mode, x_s, y_s, x_t, coeff)
+    if x_t is None:
+        return label_loss, label_loss, None, None, None
+    d_true = torch.cat([torch.zeros(len(x_s), device=x_s.device), torch.ones(len(x_t), device=x_s.device)])
+    domain_loss = F.binary_cross_entropy_with_logits(d_logits.float(), d_true)
+    return label_loss + domain_loss, label_loss, domain_loss, d_logits, d_true
 
 
 def _dann_forward(model: nn.Module, mode: str, x_s: Tensor, y_s: Tensor, x_t: Tensor | None,

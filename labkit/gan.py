@@ -195,6 +195,57 @@ def _grad_norm(params: Sequence[Tensor]) -> float:
     return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
 
 
+def _gan_options(epochs: Any, batch_size: Any, lr_g: Any, lr_d: Any, betas: Any, loss: Any, n_fixed: Any,
+                 score_fn: Any) -> tuple[int, int, float, float, tuple[float, float], str, int]:
+    """:func:`train_gan`'s options, checked (errors name the argument and the fix)."""
+    fn = "train_gan"
+    epochs = _int(epochs, "epochs", fn, low=0)
+    batch_size = _int(batch_size, "batch_size", fn, low=2)
+    lr_g = _rate(lr_g, "lr_g", fn)
+    lr_d = _rate(lr_d, "lr_d", fn)
+    if lr_g == 0 and lr_d == 0:
+        raise ValueError(f"{fn}: lr_g and lr_d are both 0, so nothing would be trained; give one a positive rate")
+    if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"{fn}: betas must be two numbers in [0, 1), e.g. (0.5, 0.999), got {betas!r}")
+    loss = _loss_kind(loss, fn)
+    n_fixed = _int(n_fixed, "n_fixed", fn)
+    if score_fn is not None and not callable(score_fn):
+        raise TypeError(f"{fn}: score_fn must be a function generator -> float, got {type(score_fn).__name__}")
+    return epochs, batch_size, lr_g, lr_d, tuple(betas), loss, n_fixed
+
+
+def _gan_step(generator: nn.Module, discriminator: nn.Module, x: Tensor, y: Tensor | None, z: Tensor,
+              opt_g: torch.optim.Optimizer | None, opt_d: torch.optim.Optimizer | None, loss: str,
+              history: GANHistory) -> None:
+    """One step of :func:`train_gan` on a real batch ``x`` (labels ``y`` when conditional) and noise
+    ``z``: the discriminator's update, then the generator's against the updated discriminator; the
+    step's losses, ``D(x)``, ``D(G(z))`` and G's gradient norm go into ``history``."""
+    cond = y is not None
+    fake = generator(z, y) if cond else generator(z)
+    real_logits = discriminator(x, y) if cond else discriminator(x)
+    fake_logits = discriminator(fake.detach(), y) if cond else discriminator(fake.detach())
+    d_loss = discriminator_loss(real_logits, fake_logits)
+    if opt_d is not None:
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+    if opt_g is not None:
+        logits = discriminator(fake, y) if cond else discriminator(fake)
+        g_loss = generator_loss(logits, loss=loss)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        history.g_grad_norm.append(_grad_norm([p for p in generator.parameters() if p.requires_grad]))
+        opt_g.step()
+    else:
+        g_loss = generator_loss(fake_logits.detach(), loss=loss)
+        history.g_grad_norm.append(float("nan"))
+    history.d_loss.append(float(d_loss.detach()))
+    history.g_loss.append(float(g_loss.detach()))
+    history.d_real.append(float(torch.sigmoid(real_logits.detach()).mean()))
+    history.d_fake.append(float(torch.sigmoid(fake_logits.detach()).mean()))
+
+
 def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epochs: int, batch_size: int = 64,
               lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
               loss: str = "non_saturating", n_fixed: int = 64, score_fn: Callable[[nn.Module], float] | None = None,
@@ -220,19 +271,8 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epoc
     if not isinstance(discriminator, nn.Module):
         raise TypeError(f"{fn}: discriminator must be an nn.Module (e.g. lk.get_model('dcgan_discriminator')), "
                         f"got {type(discriminator).__name__}")
-    epochs = _int(epochs, "epochs", fn, low=0)
-    batch_size = _int(batch_size, "batch_size", fn, low=2)
-    lr_g = _rate(lr_g, "lr_g", fn)
-    lr_d = _rate(lr_d, "lr_d", fn)
-    if lr_g == 0 and lr_d == 0:
-        raise ValueError(f"{fn}: lr_g and lr_d are both 0, so nothing would be trained; give one a positive rate")
-    if (not isinstance(betas, (tuple, list)) or len(betas) != 2
-            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
-        raise ValueError(f"{fn}: betas must be two numbers in [0, 1), e.g. (0.5, 0.999), got {betas!r}")
-    loss = _loss_kind(loss, fn)
-    n_fixed = _int(n_fixed, "n_fixed", fn)
-    if score_fn is not None and not callable(score_fn):
-        raise TypeError(f"{fn}: score_fn must be a function generator -> float, got {type(score_fn).__name__}")
+    epochs, batch_size, lr_g, lr_d, betas, loss, n_fixed = _gan_options(epochs, batch_size, lr_g, lr_d, betas, loss,
+                                                                        n_fixed, score_fn)
     k_g, k_d = _num_classes(generator), _num_classes(discriminator)
     if k_g != k_d:
         raise ValueError(f"{fn}: the generator has num_classes={k_g} but the discriminator {k_d}; "
@@ -245,9 +285,8 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epoc
     if n < batch_size:
         raise ValueError(f"{fn}: {n} images are fewer than batch_size={batch_size}; lower batch_size")
     device = to_training_device(device, generator, discriminator)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=tuple(betas)) if lr_g > 0 else None
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=tuple(betas)) if lr_d > 0 else None
-    g_params = [p for p in generator.parameters() if p.requires_grad]
+    opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=betas) if lr_g > 0 else None
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=betas) if lr_d > 0 else None
     g_cpu = make_generator(seed, torch.device("cpu"))
     g_dev = make_generator(seed + 1, device)
     history = GANHistory(loss=loss)
@@ -270,30 +309,7 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: Any, *, epoc
             x = to_device(xs[idx], device)
             y = to_device(ys[idx], device) if cond else None
             z = torch.randn(len(idx), generator.latent_dim, generator=g_dev, device=device)
-            fake = generator(z, y) if cond else generator(z)
-            # discriminator step
-            real_logits = discriminator(x, y) if cond else discriminator(x)
-            fake_logits = discriminator(fake.detach(), y) if cond else discriminator(fake.detach())
-            d_loss = discriminator_loss(real_logits, fake_logits)
-            if opt_d is not None:
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-            # generator step, against the updated discriminator
-            if opt_g is not None:
-                logits = discriminator(fake, y) if cond else discriminator(fake)
-                g_loss = generator_loss(logits, loss=loss)
-                opt_g.zero_grad(set_to_none=True)
-                g_loss.backward()
-                history.g_grad_norm.append(_grad_norm(g_params))
-                opt_g.step()
-            else:
-                g_loss = generator_loss(fake_logits.detach(), loss=loss)
-                history.g_grad_norm.append(float("nan"))
-            history.d_loss.append(float(d_loss.detach()))
-            history.g_loss.append(float(g_loss.detach()))
-            history.d_real.append(float(torch.sigmoid(real_logits.detach()).mean()))
-            history.d_fake.append(float(torch.sigmoid(fake_logits.detach()).mean()))
+            _gan_step(generator, discriminator, x, y, z, opt_g, opt_d, loss, history)
         history.epoch_steps.append(history.steps)
         observe()
         means = history.epoch_means

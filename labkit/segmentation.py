@@ -172,12 +172,7 @@ def train_segmentation(model: nn.Module, train: Any, val: Any = None, *, epochs:
                 line = f"train loss {history.train_loss[-1]:.3f}"
                 if val is None:
                     return line
-                if val_inputs is not None:  # the head on the cached validation features
-                    pred = _decode_labels(model, val_inputs, val_images.shape[-2:], dev)
-                    scores = segmentation_scores(confusion_matrix(pred, val_masks, k))
-                else:
-                    scores = evaluate_segmentation(model, (val_images, val_masks), num_classes=k, device=dev,
-                                                   boundary=False)
+                scores = _val_scores(model, val_images, val_masks, val_inputs, k, dev)
                 history.val_pixel_accuracy.append(scores["pixel_accuracy"])
                 history.val_mean_iou.append(scores["mean_iou"])
                 return line + f" | val pixel acc {scores['pixel_accuracy']:.3f} mean IoU {scores['mean_iou']:.3f}"
@@ -188,6 +183,16 @@ def train_segmentation(model: nn.Module, train: Any, val: Any = None, *, epochs:
             p.requires_grad_(saved_flags.get(name, p.requires_grad))
         model.eval()
     return history
+
+
+def _val_scores(model: nn.Module, images: Tensor, masks: Tensor, features: list[Tensor] | None, k: int,
+                dev: torch.device) -> dict[str, Any]:
+    """Pixel accuracy and mean IoU on the validation set: the head on the cached encoder
+    ``features`` when the encoder is frozen, else the whole model."""
+    if features is not None:
+        pred = _decode_labels(model, features, images.shape[-2:], dev)
+        return segmentation_scores(confusion_matrix(pred, masks, k))
+    return evaluate_segmentation(model, (images, masks), num_classes=k, device=dev, boundary=False)
 
 
 @torch.no_grad()
