@@ -39,7 +39,6 @@ _MODULES = (
     "plotting",
     "widgets",
     "runner",
-    "recipes",
 )
 
 _cache: dict[str, object] = {}

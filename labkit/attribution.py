@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hooks import _layer_key, capture, eval_mode, get_layer, preserve_state, relu_rule
+from .hooks import _layer_key, capture, eval_mode, get_layer, relu_rule
 
 __all__ = [
     "resolve_target",

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "cascading_randomization",
+    "centered_gaussian_maps",
     "accuracy",
     "confusion_matrix",
     "pixel_accuracy",
@@ -676,3 +677,36 @@ def threshold_mask(maps: Tensor, *, fraction: float | None = None, quantile: flo
         raise ValueError(f"quantile must lie in [0, 1], got {quantile!r}")
     q = torch.quantile(flat.float(), float(quantile), dim=1, keepdim=True)
     return (flat >= q).reshape(b, h, w)
+
+
+# --------------------------------------------------------------------------- baselines
+def _isint(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def centered_gaussian_maps(n: int, size: int | tuple[int, int], *, sigma: float | None = None) -> Tensor:
+    """``n`` copies of a centred isotropic Gaussian ``[n, H, W]`` (peak 1 at the image centre).
+
+    The "centre prior" baseline of weak segmentation: thresholding it keeps a centred disc, so
+    a method must beat it to show that it *locates* objects. ``sigma`` defaults to a quarter of
+    the smaller side (with a top-fraction threshold only the ranking matters, so any sigma
+    gives the same disc). Used in lab 02.
+    """
+    if not _isint(n) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if _isint(size):
+        h = w = size
+    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(_isint(s) for s in size):
+        h, w = size
+    else:
+        raise TypeError(f"size must be an int or a pair (height, width) of ints, got {size!r}")
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    if sigma is None:
+        sigma = min(h, w) / 4
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma must be a positive number (pixels), got {sigma!r}")
+    y = torch.arange(h, dtype=torch.float32) - (h - 1) / 2
+    x = torch.arange(w, dtype=torch.float32) - (w - 1) / 2
+    g = torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * float(sigma) ** 2))
+    return g.expand(n, h, w).clone()

@@ -419,3 +419,25 @@ def test_cascading_randomization_layers_and_errors():
         M.cascading_randomization(net, _saliency, x, layers="0")
     with pytest.raises(ValueError, match="no layer with parameters"):
         M.cascading_randomization(nn.Sequential(nn.Flatten()), _saliency, x)
+
+
+# --------------------------------------------------------------------------- centered_gaussian_maps
+def test_centered_gaussian_maps_values():
+    g = M.centered_gaussian_maps(2, 3, sigma=1.0)
+    assert g.shape == (2, 3, 3)
+    assert g[0, 1, 1] == 1.0 and torch.allclose(g[1, 0, 1], torch.exp(torch.tensor(-0.5)))
+    assert torch.allclose(g[0, 0, 0], torch.exp(torch.tensor(-1.0)))
+    even = M.centered_gaussian_maps(1, (2, 4))  # centre between pixels: symmetric
+    assert torch.allclose(even[0], even[0].flip(0)) and torch.allclose(even[0], even[0].flip(1))
+    g[0, 0, 0] = 5  # copies, not views of one another
+    assert g[1, 0, 0] != 5
+
+
+def test_centered_gaussian_maps_validates():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n must"):
+            M.centered_gaussian_maps(bad, 4)
+    with pytest.raises(TypeError, match="size"):
+        M.centered_gaussian_maps(1, "4")
+    with pytest.raises(ValueError, match="sigma"):
+        M.centered_gaussian_maps(1, 4, sigma=0)

@@ -502,7 +502,7 @@ CASES: list[Case] = [
          lambda k: lk.adversarial_training(k.model, (k.x, k.y), epochs=2, eps=0.03, alpha=0.01, steps=1,
                                            batch_size=2),
          trains=True, ends_eval=True),
-    # embeddings.py, transfer.py, recipes.py
+    # embeddings.py, transfer.py, models/wrappers.py
     Case("extract_features", "cnn", lambda k: lk.extract_features(k.model, k.x, "features.6", batch_size=2)),
     Case("extract_features", "cnn", lambda k: lk.extract_features(k.model, TensorDataset(k.x, k.y), None, pool="avg"),
          variant="output"),

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 import labkit.models as models
+from labkit.attribution import saliency
+from labkit.datasets import IMAGENET_MEAN, IMAGENET_STD
 from labkit.models import count_parameters, get_model, list_models, register_model
 from labkit.models.small import MLP, SmallCNN
 
@@ -209,3 +211,75 @@ def test_zf_cnn_first_layers_and_names() -> None:
         get_model("zf_cnn", init="xavier")
     with pytest.raises(ValueError, match="widths"):
         get_model("zf_cnn", widths=(4, 6))
+
+
+# --------------------------------------------------------------------------- with_normalization
+def test_with_normalization_computes_the_imagenet_transform_and_pixel_gradients():
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(3, 1, bias=False))
+    with torch.no_grad():
+        lin[1].weight.copy_(torch.tensor([[1.0, 2.0, 3.0]]))
+    lin.eval()
+    model = models.with_normalization(lin)
+    x = torch.tensor([0.5, 0.25, 1.0]).view(1, 3, 1, 1)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    expected = ((x.flatten() - mean) / std * torch.tensor([1.0, 2.0, 3.0])).sum()
+    assert torch.allclose(model(x).squeeze(), expected)
+    # the pixel gradient of a linear score is weight / std (max |.| over channels in the saliency)
+    s = saliency(model, x, 0)
+    assert torch.allclose(s.squeeze(), (torch.tensor([1.0, 2.0, 3.0]) / std).max())
+    assert model[1] is lin and not lin.training and not model.training
+
+
+def test_with_normalization_keeps_the_mode_and_shares_parameters():
+    net = nn.Sequential(nn.Conv2d(3, 2, 1), nn.Dropout(0.5)).train()
+    wrapped = models.with_normalization(net, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert net.training and wrapped.training
+    assert wrapped[1][0].weight is net[0].weight
+    x = torch.rand(2, 3, 4, 4)
+    net.eval()
+    assert torch.equal(wrapped(x), net(x))
+    with pytest.raises(ValueError, match="positive"):
+        models.with_normalization(net, mean=(0.0,), std=(0.0,))
+    with pytest.raises(ValueError, match="one value per channel"):
+        models.Normalize((0.0, 0.0), (1.0,))
+    with pytest.raises(TypeError, match="nn.Module"):
+        models.with_normalization(lambda x: x)
+
+
+# --------------------------------------------------------------------------- fully_convolutional
+def test_fully_convolutional_runs_the_head_at_every_position():
+    torch.manual_seed(0)
+    from labkit.models import get_model
+
+    model = get_model("small_cnn", num_classes=3, widths=(4, 8), hidden=5, batch_norm=True, dropout=0.5).eval()
+    x = torch.rand(2, 3, 16, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dense = models.fully_convolutional(model)
+    out = dense(x)
+    assert out.shape == (2, 3, 4, 4) and not dense.training
+    # every position is the classifier applied to that position's feature vector
+    feats = model.features(x)
+    for i, j in [(0, 0), (1, 3), (3, 2)]:
+        expected = model.classifier(feats[:, :, i:i + 1, j:j + 1])
+        assert torch.allclose(out[:, :, i, j], expected, atol=1e-5)
+    # with a single linear head, the mean of the dense map is the logits (pooling commutes)
+    lin = get_model("small_cnn", num_classes=3, widths=(4,), hidden=5).eval()
+    lin.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    assert torch.allclose(models.fully_convolutional(lin)(x).mean((2, 3)), lin(x), atol=1e-5)
+    # names are kept, the caller's model is untouched and shares nothing
+    assert "features.0" in dict(dense.named_modules()) and "head.0" in dict(dense.named_modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(p.data_ptr() == q.data_ptr() for p in dense.parameters() for q in model.parameters())
+
+
+def test_fully_convolutional_validates():
+    from labkit.models import get_model
+
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        models.fully_convolutional("model")
+    with pytest.raises(ValueError, match="global_pool=True"):
+        models.fully_convolutional(get_model("small_cnn", num_classes=3, widths=(4,), global_pool=False, input_size=8))
+    odd = get_model("small_cnn", num_classes=3, widths=(4,))
+    odd.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3))
+    with pytest.raises(ValueError, match="BatchNorm1d"):
+        models.fully_convolutional(odd)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import labkit.training as training
+from labkit.datasets import shapes
 from labkit.datasets.base import ImageSet
 from labkit.models import get_model
 from labkit.training import History, as_loader, evaluate, fit, predict, progress_mode, train_or_load
@@ -491,3 +492,66 @@ def test_curves_last_names_the_curves() -> None:
     with pytest.raises(ValueError, match="no curve 'accuracy'; curves: train_loss, train_acc"):
         h.last("accuracy")
     assert History.from_dict({**h.to_dict(), "unknown": [1]}) == h
+
+
+# --------------------------------------------------------------------------- train_shapes_classifier
+@pytest.fixture
+def one_thread():
+    """Tiny networks: one thread is faster than two on a busy 2-core machine (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_shapes(n: int, seed: int) -> ImageSet:
+    return shapes(n, size=32, seed=seed, classes=["circle", "cross"], background="flat", rotate=False)
+
+
+def test_train_shapes_classifier_is_seeded_and_leaves_the_global_rng_alone(one_thread):
+    train, val = _tiny_shapes(64, 0), _tiny_shapes(32, 1)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    m1, h1 = training.train_shapes_classifier(train, val, epochs=1, seed=3, widths=(4, 8))
+    after = torch.rand(1)
+    assert torch.equal(before, after), "the global RNG must not be advanced"
+    torch.manual_seed(999)  # a different global state gives the same model
+    m2, h2 = training.train_shapes_classifier(train, val, epochs=1, seed=3, widths=(4, 8))
+    for (n1, p1), (_, p2) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(p1, p2), n1
+    assert h1.val_acc == h2.val_acc and len(h1.val_acc) == 1
+    m3, _ = training.train_shapes_classifier(train, val, epochs=1, seed=4, widths=(4, 8))
+    assert not torch.equal(m1.features[0].weight, m3.features[0].weight)
+
+
+def _bright_vs_dark(n: int, seed: int) -> ImageSet:
+    """Class 1 has a bright 8x8 square somewhere, class 0 not: separable after a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, 32, 32, generator=g) * 0.3
+    labels = torch.arange(n) % 2
+    for i in torch.nonzero(labels).flatten().tolist():
+        y, x = torch.randint(0, 24, (2,), generator=g).tolist()
+        images[i, :, y:y + 8, x:x + 8] = 1.0
+    return ImageSet(images, labels, ["plain", "square"])
+
+
+def test_train_shapes_classifier_builds_the_recipe_and_learns(one_thread):
+    train, val = _bright_vs_dark(128, 0), _bright_vs_dark(64, 1)
+    model, history = training.train_shapes_classifier(train, val, epochs=3, lr=3e-3, batch_size=8, seed=0, widths=(4, 8))
+    assert isinstance(model.features[1], nn.BatchNorm2d) and isinstance(model.pool, nn.AdaptiveAvgPool2d)
+    assert model.classifier[-1].out_features == 2 and not model.training
+    assert history.epochs == 3
+    assert history.val_acc[-1] >= 0.9, f"a bright square vs none should be easy: {history.val_acc}"
+    flat, _ = training.train_shapes_classifier(train, epochs=0, global_pool=False, batch_norm=False, widths=(4,))
+    assert isinstance(flat.pool, nn.Identity) and not any(isinstance(m, nn.BatchNorm2d) for m in flat.modules())
+
+
+def test_train_shapes_classifier_validates():
+    train = _tiny_shapes(16, 0)
+    with pytest.raises(TypeError, match="ImageSet"):
+        training.train_shapes_classifier((train.images, train.labels), epochs=1)
+    with pytest.raises(ValueError, match="same size"):
+        training.train_shapes_classifier(train, shapes(8, size=40, classes=["circle", "cross"]), epochs=1)
+    with pytest.raises(ValueError, match="seed"):
+        training.train_shapes_classifier(train, epochs=1, seed=-1)

@@ -232,12 +232,12 @@ def test_make_augment_preserves_content_and_input():
 
 
 def test_train_shapes_classifier_dropout_option():
-    """recipes.train_shapes_classifier(dropout=...) (lab 01's regularized scratch network)."""
-    from labkit import recipes
+    """lk.train_shapes_classifier(dropout=...) (lab 01's regularized scratch network)."""
+    from labkit.training import train_shapes_classifier
 
     data = lk.shapes(8, size=32, seed=0, classes=["circle", "square"])
-    model, _ = recipes.train_shapes_classifier(data, epochs=0, dropout=0.5)
+    model, _ = train_shapes_classifier(data, epochs=0, dropout=0.5)
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert len(drops) == 1 and drops[0].p == 0.5
-    plain, _ = recipes.train_shapes_classifier(data, epochs=0)
+    plain, _ = train_shapes_classifier(data, epochs=0)
     assert [m.p for m in plain.modules() if isinstance(m, nn.Dropout)] == [0.0]

@@ -12,9 +12,11 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .wrappers import Normalize, fully_convolutional, with_normalization
+
 __all__ = ["get_model", "list_models", "register_model", "count_parameters", "torchvision_model",
            "find_weights", "WeightsNotFoundError", "TORCHVISION_ARCHS", "imagenet_model", "imagenet_classes",
-           "ImageNetWeightsError"]
+           "ImageNetWeightsError", "Normalize", "with_normalization", "fully_convolutional"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DOCS: dict[str, str] = {}

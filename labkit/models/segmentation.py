@@ -212,8 +212,10 @@ class TorchvisionEncoder(nn.Module):
         net = torchvision_model(arch, weights=weights)
         ends, channels = _TV_STAGES[arch]
         self.arch = arch
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        from ..datasets.real import IMAGENET_MEAN, IMAGENET_STD
+
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         if arch.startswith("vgg"):
             feats = net.features
             self.stage1 = feats[: ends[0] + 1]
