@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_int
 from .hooks import _layer_key, capture, eval_mode, get_layer, relu_rule
 
 __all__ = [
@@ -88,18 +89,10 @@ def _check_inputs(model: object, images: object, fn: str, *, image_batch: bool =
     return images
 
 
-def _check_int(value: object, name: str, fn: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_batch_size(batch_size: int | None, numel: int, budget: int, fn: str) -> int:
     if batch_size is None:
         return max(1, budget // max(1, numel))
-    return _check_int(batch_size, "batch_size", fn, minimum=1)
+    return check_int(batch_size, "batch_size", fn, low=1)
 
 
 @contextlib.contextmanager
@@ -244,8 +237,8 @@ def smoothgrad(
     """
     fn = "smoothgrad"
     images = _check_inputs(model, images, fn)
-    samples = _check_int(samples, "samples", fn, minimum=1)
-    seed = _check_int(seed, "seed", fn, minimum=0)
+    samples = check_int(samples, "samples", fn, low=1)
+    seed = check_int(seed, "seed", fn, low=0)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
         raise ValueError(f"{fn}: noise must be a finite float >= 0 (fraction of each image's range), got {noise!r}")
     b = images.shape[0]
@@ -306,7 +299,7 @@ def integrated_gradients(
     """
     fn = "integrated_gradients"
     images = _check_inputs(model, images, fn, image_batch=False)
-    steps = _check_int(steps, "steps", fn, minimum=1)
+    steps = check_int(steps, "steps", fn, low=1)
     if method not in _IG_METHODS:
         raise ValueError(f"{fn}: method must be one of {_IG_METHODS}, got {method!r}")
     alphas, weights = _ig_rule(steps, method, fn)
@@ -603,7 +596,7 @@ def occlusion_activation(
         if channel is None:
             chans = clean.argmax(dim=1)
         else:
-            channel = _check_int(channel, "channel", fn, minimum=0)
+            channel = check_int(channel, "channel", fn, low=0)
             if channel >= n_ch:
                 raise ValueError(f"{fn}: channel={channel} is out of range for layer {key!r} with {n_ch} channels")
             chans = torch.full((x.shape[0],), channel, dtype=torch.long, device=x.device)

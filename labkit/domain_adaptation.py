@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_int, check_number
 from .datasets.base import images_labels
 from .device import autocast, resolve_device, to_device
 from .hooks import eval_mode
@@ -46,14 +47,6 @@ def _check_progress(p: object) -> float:
     return float(p)
 
 
-def _check_positive(name: str, value: object, *, zero_ok: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not zero_ok):
-        raise ValueError(f"{name} must be {'non-negative' if zero_ok else 'positive'}, got {value}")
-    return float(value)
-
-
 def lambda_schedule(p: float, *, gamma: float = 10.0) -> float:
     """Adaptation factor ``2 / (1 + exp(-gamma * p)) - 1``: 0 at ``p = 0``, close to 1 at the end.
 
@@ -61,7 +54,7 @@ def lambda_schedule(p: float, *, gamma: float = 10.0) -> float:
     is suppressed while the features are still random. Used in lab 09.
     """
     p = _check_progress(p)
-    gamma = _check_positive("gamma", gamma)
+    gamma = check_number(gamma, "gamma", low=0.0, strict=True)
     return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
 
 
@@ -72,9 +65,9 @@ def lr_schedule(p: float, *, lr0: float = 0.01, alpha: float = 10.0, beta: float
     Used in lab 09.
     """
     p = _check_progress(p)
-    lr0 = _check_positive("lr0", lr0)
-    alpha = _check_positive("alpha", alpha, zero_ok=True)
-    beta = _check_positive("beta", beta, zero_ok=True)
+    lr0 = check_number(lr0, "lr0", low=0.0, strict=True)
+    alpha = check_number(alpha, "alpha", low=0.0)
+    beta = check_number(beta, "beta", low=0.0)
     return lr0 / (1.0 + alpha * p) ** beta
 
 
@@ -113,14 +106,6 @@ def _check_dann_model(model: object) -> nn.Module:
         raise TypeError("model must be a DANN-like nn.Module with .features, .classifier and .domain_classifier "
                         f"(e.g. lk.get_model('dann')), got {type(model).__name__}")
     return model
-
-
-def _check_int(name: str, value: object, *, low: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 class _Batches:
@@ -171,7 +156,7 @@ def domain_accuracy(model: nn.Module, source: Any, target: Any, *, device: torch
     fn = "domain_accuracy"
     xs, _ = images_labels(source, fn, "source", labels="ignored")
     xt, _ = images_labels(target, fn, "target", labels="ignored")
-    batch_size = _check_int("batch_size", batch_size, low=1)
+    batch_size = check_int(batch_size, "batch_size", low=1)
     device = resolve_device(device, model, trains=False)
     with eval_mode(model):
         with torch.no_grad():
@@ -283,10 +268,10 @@ def train_dann(model: nn.Module, source: Any, target: Any = None, *, mode: str =
 def _dann_options(epochs: Any, batch_size: Any, steps_per_epoch: Any, lr: Any, lambda_max: Any, gamma: Any,
                   weight_decay: Any, optimizer: Any) -> tuple[int, int, int | None, float, float, float, float]:
     """:func:`train_dann`'s numeric options, checked (``optimizer`` only checked)."""
-    checked = (_check_int("epochs", epochs, low=0), _check_int("batch_size", batch_size, low=1),
-               _check_int("steps_per_epoch", steps_per_epoch, low=1, allow_none=True), _check_positive("lr", lr),
-               _check_positive("lambda_max", lambda_max, zero_ok=True), _check_positive("gamma", gamma),
-               _check_positive("weight_decay", weight_decay, zero_ok=True))
+    checked = (check_int(epochs, "epochs", low=0), check_int(batch_size, "batch_size", low=1),
+               check_int(steps_per_epoch, "steps_per_epoch", low=1, allow_none=True), check_number(lr, "lr", low=0.0, strict=True),
+               check_number(lambda_max, "lambda_max", low=0.0), check_number(gamma, "gamma", low=0.0, strict=True),
+               check_number(weight_decay, "weight_decay", low=0.0))
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' (the paper's, with momentum) or 'adam', got {optimizer!r}")
     return checked
@@ -393,7 +378,7 @@ def pseudo_label(model: nn.Module, images: Any, *, threshold: float = 0.9, devic
     x, _ = images_labels(images, fn, "images", labels="ignored")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
-    batch_size = _check_int("batch_size", batch_size, low=1)
+    batch_size = check_int(batch_size, "batch_size", low=1)
     device = resolve_device(device, model, trains=False)
     probs = []
     with eval_mode(model):
@@ -417,7 +402,7 @@ def self_train(model: nn.Module, source: Any, target: Any, *, rounds: int = 1, t
     ``target`` carries labels; for analysis only, never used for training) and ``target_acc``
     (on ``target_val`` when given). Extension of lab 09.
     """
-    rounds = _check_int("rounds", rounds, low=1)
+    rounds = check_int(rounds, "rounds", low=1)
     fn = "self_train"
     xs, ys = images_labels(source, fn, "source", labels="required")
     xt, yt = images_labels(target, fn, "target", labels="optional")

@@ -22,7 +22,6 @@ discriminator maps ``(x, y)`` to one logit per image.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_int, check_number
 from .datasets.base import images_labels
 from .device import resolve_device, to_device
 from .embeddings import extract_features
@@ -47,16 +47,6 @@ GAN_LOSSES = ("non_saturating", "saturating")
 
 
 # --------------------------------------------------------------------------- validation
-def _int(value: object, name: str, fn: str, *, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{fn}: {name} must be an int >= {low}, got {value!r}")
-    return value
-
-
-def _rate(value: object, name: str, fn: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ValueError(f"{fn}: {name} must be a finite number >= 0 (0 freezes that network), got {value!r}")
-    return float(value)
 
 
 def _logits(x: object, name: str, fn: str) -> Tensor:
@@ -170,7 +160,7 @@ class GANHistory(Curves):
         if key not in ("d_loss", "g_loss", "d_real", "d_fake", "g_grad_norm"):
             raise ValueError(f"key must name a per-step series (d_loss, g_loss, d_real, d_fake, g_grad_norm), "
                              f"got {key!r}")
-        window = _int(window, "window", "GANHistory.smoothed")
+        window = check_int(window, "window", "GANHistory.smoothed", low=1)
         values, out, total = getattr(self, key), [], 0.0
         for i, v in enumerate(values):
             total += v - (values[i - window] if i >= window else 0.0)
@@ -199,17 +189,17 @@ def _gan_options(epochs: Any, batch_size: Any, lr_g: Any, lr_d: Any, betas: Any,
                  score_fn: Any) -> tuple[int, int, float, float, tuple[float, float], str, int]:
     """:func:`train_gan`'s options, checked (errors name the argument and the fix)."""
     fn = "train_gan"
-    epochs = _int(epochs, "epochs", fn, low=0)
-    batch_size = _int(batch_size, "batch_size", fn, low=2)
-    lr_g = _rate(lr_g, "lr_g", fn)
-    lr_d = _rate(lr_d, "lr_d", fn)
+    epochs = check_int(epochs, "epochs", fn, low=0)
+    batch_size = check_int(batch_size, "batch_size", fn, low=2)
+    lr_g = check_number(lr_g, "lr_g", fn, low=0.0, hint=" (0 freezes that network)")
+    lr_d = check_number(lr_d, "lr_d", fn, low=0.0, hint=" (0 freezes that network)")
     if lr_g == 0 and lr_d == 0:
         raise ValueError(f"{fn}: lr_g and lr_d are both 0, so nothing would be trained; give one a positive rate")
     if (not isinstance(betas, (tuple, list)) or len(betas) != 2
             or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
         raise ValueError(f"{fn}: betas must be two numbers in [0, 1), e.g. (0.5, 0.999), got {betas!r}")
     loss = _loss_kind(loss, fn)
-    n_fixed = _int(n_fixed, "n_fixed", fn)
+    n_fixed = check_int(n_fixed, "n_fixed", fn, low=1)
     if score_fn is not None and not callable(score_fn):
         raise TypeError(f"{fn}: score_fn must be a function generator -> float, got {type(score_fn).__name__}")
     return epochs, batch_size, lr_g, lr_d, tuple(betas), loss, n_fixed
@@ -341,7 +331,7 @@ def sample_gan(generator: nn.Module, n: int | None = None, *, z: Tensor | None =
     """
     fn = "sample_gan"
     generator = _check_generator(generator, fn)
-    batch_size = _int(batch_size, "batch_size", fn)
+    batch_size = check_int(batch_size, "batch_size", fn, low=1)
     if z is not None:
         if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != generator.latent_dim:
             got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
@@ -349,7 +339,7 @@ def sample_gan(generator: nn.Module, n: int | None = None, *, z: Tensor | None =
         if n is not None and n != len(z):
             raise ValueError(f"{fn}: n={n} but z has {len(z)} rows; give one of them")
         n = len(z)
-    n = _int(n, "n", fn)
+    n = check_int(n, "n", fn, low=1)
     if z is None:
         z = torch.randn(n, generator.latent_dim, generator=make_generator(seed, torch.device("cpu")))
     k = _num_classes(generator)
@@ -490,8 +480,8 @@ def class_histogram(classifier: nn.Module, images: Tensor, *, num_classes: int |
     if not isinstance(images, Tensor) or images.dim() != 4 or len(images) == 0:
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"{fn}: images must be a non-empty [N, C, H, W] tensor, got {got}")
-    logits = predict(classifier, images, batch_size=_int(batch_size, "batch_size", fn))
-    k = logits.shape[1] if num_classes is None else _int(num_classes, "num_classes", fn)
+    logits = predict(classifier, images, batch_size=check_int(batch_size, "batch_size", fn, low=1))
+    k = logits.shape[1] if num_classes is None else check_int(num_classes, "num_classes", fn, low=1)
     if k < logits.shape[1]:
         raise ValueError(f"{fn}: num_classes={k} but the classifier has {logits.shape[1]} outputs")
     return torch.bincount(logits.argmax(1), minlength=k)

@@ -26,15 +26,11 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ._checks import check_model
+
 __all__ = ["get_layer", "layer_names", "capture", "Capture", "relu_rule", "preserve_state", "eval_mode", "count_hooks"]
 
 _MAX_LISTED = 40  # names shown in an "unknown layer" error before abbreviating
-
-
-def _check_model(model: object, fn: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
 
 
 def _format_names(names: Sequence[str]) -> str:
@@ -51,7 +47,7 @@ def layer_names(model: nn.Module, *, kind: type | tuple[type, ...] | None = None
     ``kind`` keeps only modules of that type, e.g. ``layer_names(model, kind=nn.Conv2d)``.
     Used in labs 05 and 06 (Grad-CAM per layer).
     """
-    _check_model(model, "layer_names")
+    check_model(model, "layer_names")
     if kind is not None:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if not kinds or not all(isinstance(k, type) for k in kinds):
@@ -65,7 +61,7 @@ def get_layer(model: nn.Module, name: str | nn.Module) -> nn.Module:
     A module that is a submodule of ``model`` is returned as is. An unknown name raises
     ``ValueError`` listing the valid names. Used in labs 05 and 06.
     """
-    _check_model(model, "get_layer")
+    check_model(model, "get_layer")
     if isinstance(name, nn.Module):
         if any(m is name for m in model.modules()):
             return name
@@ -131,7 +127,7 @@ def capture(
     that does (Grad-CAM on a frozen network). All hooks are removed on exit, also on errors.
     Used in labs 01, 05, 06, 08, 09 (directly and through the explainers).
     """
-    _check_model(model, "capture")
+    check_model(model, "capture")
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     if not isinstance(layers, Sequence) or len(layers) == 0:
@@ -267,7 +263,7 @@ def relu_rule(model: nn.Module, rule: str) -> Iterator[None]:
     in the graph built by the forward pass, so the backward may run after the block.
     Used in labs 05, 06, 07 (guided backprop, deconvnet).
     """
-    _check_model(model, "relu_rule")
+    check_model(model, "relu_rule")
     if rule not in _RULES:
         raise ValueError(f"relu_rule: rule must be one of {_RULES}, got {rule!r}")
     relus = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
@@ -325,7 +321,7 @@ def preserve_state(model: nn.Module) -> Iterator[nn.Module]:
     ``with lk.preserve_state(model): model.eval(); ...`` -- also restored when the block raises.
     Used by every explainer of labkit.
     """
-    _check_model(model, "preserve_state")
+    check_model(model, "preserve_state")
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
@@ -346,7 +342,7 @@ def eval_mode(model: nn.Module, *, freeze: bool = False) -> Iterator[nn.Module]:
     so a frozen, eval-mode BatchNorm inside a training model would come back training.
     Used by every function of labkit that evaluates or explains a model.
     """
-    _check_model(model, "eval_mode")
+    check_model(model, "eval_mode")
     with preserve_state(model):
         model.eval()
         if freeze:
@@ -360,7 +356,7 @@ def count_hooks(model: nn.Module) -> int:
 
     The leak tests assert this is unchanged by every explainer call.
     """
-    _check_model(model, "count_hooks")
+    check_model(model, "count_hooks")
     total = 0
     for m in model.modules():
         for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):

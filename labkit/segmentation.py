@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_int
 from .device import resolve_device
 from .hooks import eval_mode
 from .models.segmentation import (FCN, EfficientNetEncoder, EncoderClassifier, ResNetEncoder, TorchvisionEncoder,
@@ -80,15 +81,9 @@ def _images_masks(data: Any, name: str) -> tuple[Tensor, Tensor]:
     return images, masks.long()
 
 
-def _pos_int(name: str, value: object, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _num_classes(model: nn.Module, masks: Tensor, num_classes: int | None) -> int:
     if num_classes is not None:
-        return _pos_int("num_classes", num_classes)
+        return check_int(num_classes, "num_classes", low=1)
     k = getattr(model, "num_classes", None)
     if isinstance(k, int):
         return k
@@ -110,8 +105,8 @@ def train_segmentation(model: nn.Module, train: Any, val: Any = None, *, epochs:
     the rate to 0. Seeded in a forked RNG (the same call gives the same model; the caller's RNG is
     left alone). The model ends in eval mode. Used in lab 08.
     """
-    _pos_int("epochs", epochs, minimum=0)
-    _pos_int("batch_size", batch_size)
+    check_int(epochs, "epochs", low=0)
+    check_int(batch_size, "batch_size", low=1)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive float, got {lr!r}")
     if scheduler not in (None, "cosine"):
@@ -229,7 +224,7 @@ def predict_segmentation(model: nn.Module, images: Tensor, *, batch_size: int = 
     if not isinstance(images, Tensor) or images.dim() != 4:
         raise ValueError(f"images must be a [N, C, H, W] tensor, got "
                          f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
-    _pos_int("batch_size", batch_size)
+    check_int(batch_size, "batch_size", low=1)
     dev = resolve_device(device, model, trains=False)
     outs = []
     with eval_mode(model):

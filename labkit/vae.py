@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_int, check_number, check_tensor
 from .datasets.base import images_labels
 from .device import resolve_device, to_device
 from .hooks import eval_mode, preserve_state
@@ -42,15 +43,6 @@ _IMPUTE_METHODS = ("iterate", "optimize")
 
 
 # --------------------------------------------------------------------------- validation
-def _tensor(x: object, name: str, fn: str, *, dim: int | None = None) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {x.dtype}; use {name}.float()")
-    if dim is not None and x.dim() != dim:
-        raise ValueError(f"{fn}: {name} must have {dim} dimensions, got shape {tuple(x.shape)}")
-    return x
-
 
 def _likelihood(likelihood: object, sigma: object, fn: str) -> tuple[str, float]:
     if likelihood not in LIKELIHOODS:
@@ -59,20 +51,6 @@ def _likelihood(likelihood: object, sigma: object, fn: str) -> tuple[str, float]
         raise ValueError(f"{fn}: sigma (the Gaussian decoder's standard deviation) must be a positive number, "
                          f"got {sigma!r}")
     return str(likelihood), float(sigma)
-
-
-def _number(value: object, name: str, fn: str, *, low: float = 0.0, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{fn}: {name} must be a finite number, got {value!r}")
-    if value < low or (strict and value == low):
-        raise ValueError(f"{fn}: {name} must be {'>' if strict else '>='} {low}, got {value}")
-    return float(value)
-
-
-def _int(value: object, name: str, fn: str, *, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{fn}: {name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def _check_vae(model: object, fn: str) -> nn.Module:
@@ -94,8 +72,8 @@ def kl_divergence(mu: Tensor, logvar: Tensor, *, reduction: str = "none") -> Ten
     ``reduction``: ``"none"`` (one value per row, ``[B]``), ``"mean"`` or ``"sum"`` over rows. Lab 07.
     """
     fn = "kl_divergence"
-    _tensor(mu, "mu", fn, dim=2)
-    _tensor(logvar, "logvar", fn)
+    check_tensor(mu, "mu", fn, dim=2, floating=True)
+    check_tensor(logvar, "logvar", fn, floating=True)
     if logvar.shape != mu.shape:
         raise ValueError(f"{fn}: mu {tuple(mu.shape)} and logvar {tuple(logvar.shape)} must have the same shape")
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
@@ -119,8 +97,8 @@ def reparameterize(mu: Tensor, logvar: Tensor, *, generator: torch.Generator | N
     of ``mu`` and ``logvar`` (Kingma & Welling 2014, section 2.4). Lab 07.
     """
     fn = "reparameterize"
-    _tensor(mu, "mu", fn)
-    _tensor(logvar, "logvar", fn)
+    check_tensor(mu, "mu", fn, floating=True)
+    check_tensor(logvar, "logvar", fn, floating=True)
     if logvar.shape != mu.shape:
         raise ValueError(f"{fn}: mu {tuple(mu.shape)} and logvar {tuple(logvar.shape)} must have the same shape")
     eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
@@ -140,8 +118,8 @@ def reconstruction_nll(logits: Tensor, x: Tensor, *, likelihood: str = "bernoull
     """
     fn = "reconstruction_nll"
     likelihood, sigma = _likelihood(likelihood, sigma, fn)
-    _tensor(logits, "logits", fn)
-    _tensor(x, "x", fn)
+    check_tensor(logits, "logits", fn, floating=True)
+    check_tensor(x, "x", fn, floating=True)
     if logits.shape != x.shape or logits.dim() < 2:
         raise ValueError(f"{fn}: logits {tuple(logits.shape)} and x {tuple(x.shape)} must have the same "
                          "[B, ...] shape")
@@ -172,7 +150,7 @@ def elbo_loss(logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *, likeliho
     of batch means. Lab 07.
     """
     fn = "elbo_loss"
-    beta = _number(beta, "beta", fn)
+    beta = check_number(beta, "beta", fn, low=0.0)
     rec = reconstruction_nll(logits, x, likelihood=likelihood, sigma=sigma)
     kl = kl_divergence(mu, logvar)
     if len(kl) != len(rec):
@@ -207,8 +185,8 @@ def add_noise(images: Tensor, *, std: float, seed: int = 0, clip: bool = True) -
     The corruption of the denoising VAE (lab 07; Vincent et al. 2008 for denoising autoencoders).
     """
     fn = "add_noise"
-    _tensor(images, "images", fn)
-    std = _number(std, "std", fn)
+    check_tensor(images, "images", fn, floating=True)
+    std = check_number(std, "std", fn, low=0.0)
     noise = torch.randn(images.shape, generator=make_generator(seed, images.device), device=images.device,
                         dtype=images.dtype)
     out = images + std * noise
@@ -231,13 +209,13 @@ def train_vae(model: nn.Module, train: Any, val: Any = None, *, epochs: int, lr:
     """
     fn = "train_vae"
     model = _check_vae(model, fn)
-    epochs = _int(epochs, "epochs", fn, low=0)
-    lr = _number(lr, "lr", fn, strict=True)
-    batch_size = _int(batch_size, "batch_size", fn)
+    epochs = check_int(epochs, "epochs", fn, low=0)
+    lr = check_number(lr, "lr", fn, strict=True, low=0.0)
+    batch_size = check_int(batch_size, "batch_size", fn, low=1)
     likelihood, sigma = _likelihood(likelihood, sigma, fn)
-    beta = _number(beta, "beta", fn)
-    noise_std = _number(noise_std, "noise_std", fn)
-    weight_decay = _number(weight_decay, "weight_decay", fn)
+    beta = check_number(beta, "beta", fn, low=0.0)
+    noise_std = check_number(noise_std, "noise_std", fn, low=0.0)
+    weight_decay = check_number(weight_decay, "weight_decay", fn, low=0.0)
     cond = _conditional(model)
     xs, ys = images_labels(train, fn, "train", labels="required" if cond else "ignored",
                            why="the model is conditional")
@@ -298,10 +276,10 @@ def evaluate_elbo(model: nn.Module, data: Any, *, likelihood: str = "bernoulli",
     fn = "evaluate_elbo"
     model = _check_vae(model, fn)
     likelihood, sigma = _likelihood(likelihood, sigma, fn)
-    beta = _number(beta, "beta", fn)
-    samples = _int(samples, "samples", fn)
-    noise_std = _number(noise_std, "noise_std", fn)
-    batch_size = _int(batch_size, "batch_size", fn)
+    beta = check_number(beta, "beta", fn, low=0.0)
+    samples = check_int(samples, "samples", fn, low=1)
+    noise_std = check_number(noise_std, "noise_std", fn, low=0.0)
+    batch_size = check_int(batch_size, "batch_size", fn, low=1)
     xs, ys = images_labels(data, fn, "data", labels="required" if _conditional(model) else "ignored",
                            why="the model is conditional")
     device = resolve_device(device, model, trains=False)
@@ -335,7 +313,7 @@ def latent_means(model: nn.Module, data: Any, *, batch_size: int = 500,
     """
     fn = "latent_means"
     model = _check_vae(model, fn)
-    batch_size = _int(batch_size, "batch_size", fn)
+    batch_size = check_int(batch_size, "batch_size", fn, low=1)
     xs, ys = images_labels(data, fn, "data", labels="required" if _conditional(model) else "ignored",
                            why="the model is conditional")
     device = resolve_device(device, model, trains=False)
@@ -360,7 +338,7 @@ def kl_per_dimension(model: nn.Module, data: Any, *, batch_size: int = 500,
     """
     fn = "kl_per_dimension"
     model = _check_vae(model, fn)
-    batch_size = _int(batch_size, "batch_size", fn)
+    batch_size = check_int(batch_size, "batch_size", fn, low=1)
     xs, ys = images_labels(data, fn, "data", labels="required" if _conditional(model) else "ignored",
                            why="the model is conditional")
     device = resolve_device(device, model, trains=False)
@@ -400,7 +378,7 @@ def decode_latents(model: nn.Module, z: Tensor, *, labels: Any = None, batch_siz
     """
     fn = "decode_latents"
     model = _check_vae(model, fn)
-    _tensor(z, "z", fn, dim=2)
+    check_tensor(z, "z", fn, dim=2, floating=True)
     device = resolve_device(None, model, trains=False)
     y = _labels_for(model, labels, len(z), fn, device)
     out = []
@@ -419,8 +397,8 @@ def sample_vae(model: nn.Module, n: int, *, labels: Any = None, seed: int = 0, t
     """
     fn = "sample_vae"
     model = _check_vae(model, fn)
-    n = _int(n, "n", fn)
-    temperature = _number(temperature, "temperature", fn)
+    n = check_int(n, "n", fn, low=1)
+    temperature = check_number(temperature, "temperature", fn, low=0.0)
     z = torch.randn(n, int(model.latent_dim), generator=make_generator(seed, torch.device("cpu"))) * temperature
     return decode_latents(model, z, labels=labels)
 
@@ -437,7 +415,7 @@ def decode_grid(model: nn.Module, *, n: int = 15, dims: tuple[int, int] = (0, 1)
     """
     fn = "decode_grid"
     model = _check_vae(model, fn)
-    n = _int(n, "n", fn, low=2)
+    n = check_int(n, "n", fn, low=2)
     d = int(model.latent_dim)
     if (not isinstance(dims, (tuple, list)) or len(dims) != 2 or dims[0] == dims[1]
             or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < d for k in dims)):
@@ -454,7 +432,7 @@ def decode_grid(model: nn.Module, *, n: int = 15, dims: tuple[int, int] = (0, 1)
 
 
 def _single_or_batch(x: object, name: str, fn: str) -> Tensor:
-    x = _tensor(x, name, fn)
+    x = check_tensor(x, name, fn, floating=True)
     if x.dim() == 3:
         x = x[None]
     if x.dim() != 4:
@@ -477,7 +455,7 @@ def interpolate(model: nn.Module, a: Tensor, b: Tensor, *, steps: int = 8, label
     a, b = _single_or_batch(a, "a", fn), _single_or_batch(b, "b", fn)
     if a.shape != b.shape:
         raise ValueError(f"{fn}: a {tuple(a.shape)} and b {tuple(b.shape)} must have the same shape")
-    steps = _int(steps, "steps", fn, low=2)
+    steps = check_int(steps, "steps", fn, low=2)
     if method not in ("linear", "slerp"):
         raise ValueError(f"{fn}: method must be 'linear' or 'slerp', got {method!r}")
     device = resolve_device(None, model, trains=False)
@@ -529,13 +507,13 @@ def impute(model: nn.Module, images: Tensor, visible: Tensor, *, method: str = "
     """
     fn = "impute"
     model = _check_vae(model, fn)
-    images = _tensor(images, "images", fn, dim=4)
+    images = check_tensor(images, "images", fn, dim=4, floating=True)
     mask = _visible_mask(visible, images, fn)
     if method not in _IMPUTE_METHODS:
         raise ValueError(f"{fn}: method must be one of {_IMPUTE_METHODS}, got {method!r}")
-    steps = _int(steps, "steps", fn, low=0)
-    lr = _number(lr, "lr", fn, strict=True)
-    fill = _number(fill, "fill", fn)
+    steps = check_int(steps, "steps", fn, low=0)
+    lr = check_number(lr, "lr", fn, strict=True, low=0.0)
+    fill = check_number(fill, "fill", fn, low=0.0)
     likelihood, sigma = _likelihood(likelihood, sigma, fn)
     device = resolve_device(None, model, trains=False)
     y = _labels_for(model, labels, len(images), fn, device)
@@ -599,8 +577,8 @@ def region_target(top: int, left: int, height: int, width: int) -> Callable[[Ten
     guided backprop or Grad-CAM. Lab 07.
     """
     fn = "region_target"
-    top, left = _int(top, "top", fn, low=0), _int(left, "left", fn, low=0)
-    height, width = _int(height, "height", fn), _int(width, "width", fn)
+    top, left = check_int(top, "top", fn, low=0), check_int(left, "left", fn, low=0)
+    height, width = check_int(height, "height", fn, low=1), check_int(width, "width", fn, low=1)
 
     def target(output: Tensor) -> Tensor:
         if output.dim() != 4:

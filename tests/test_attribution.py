@@ -150,7 +150,7 @@ def test_integrated_gradients_chunking_and_validation() -> None:
         lk.integrated_gradients(model, x, method="gausslegendre")
     with pytest.raises(ValueError, match="does not broadcast"):
         lk.integrated_gradients(model, x, baseline=torch.zeros(2, 8, 8))
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         lk.integrated_gradients(model, x, batch_size=0)
 
 
@@ -180,7 +180,7 @@ def test_smoothgrad_without_noise_is_saliency() -> None:
     torch.testing.assert_close(lk.smoothgrad(model, x, 2, samples=3, noise=0.0), lk.saliency(model, x, 2))
     with pytest.raises(ValueError, match="noise"):
         lk.smoothgrad(model, x, noise=-0.1)
-    with pytest.raises(ValueError, match="samples must be >= 1"):
+    with pytest.raises(ValueError, match="samples must be an int >= 1"):
         lk.smoothgrad(model, x, samples=0)
 
 

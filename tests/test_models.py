@@ -161,31 +161,32 @@ def test_count_parameters_with_batch_norm_and_mlp() -> None:
 # --- invalid arguments --------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
-    "kwargs, msg",
+    "kwargs, error, msg",
     [
-        (dict(in_channels=0), "in_channels must be a positive int, got 0"),
-        (dict(num_classes=True), "num_classes must be a positive int, got True"),
-        (dict(num_classes=2.0), "num_classes must be a positive int, got 2.0"),
-        (dict(widths=()), "widths must name at least one conv block"),
-        (dict(widths=(4, 0)), r"widths\[1\] must be a positive int, got 0"),
-        (dict(hidden=0), "hidden must be a positive int, got 0"),
-        (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
-        (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
-        (dict(first_kernel=0), "first_kernel must be a positive int"),
-        (dict(first_stride=-1), "first_stride must be a positive int"),
+        (dict(in_channels=0), ValueError, "in_channels must be an int >= 1, got 0"),
+        (dict(num_classes=True), TypeError, r"num_classes must be an int >= 1, got bool \(True\)"),
+        (dict(num_classes=2.0), TypeError, r"num_classes must be an int >= 1, got float \(2.0\)"),
+        (dict(widths=()), ValueError, "widths must name at least one conv block"),
+        (dict(widths=(4, 0)), ValueError, r"widths\[1\] must be an int >= 1, got 0"),
+        (dict(hidden=0), ValueError, "hidden must be an int >= 1, got 0"),
+        (dict(dropout=1.0), ValueError, r"dropout must be in \[0, 1\), got 1.0"),
+        (dict(dropout=-0.1), ValueError, r"dropout must be in \[0, 1\)"),
+        (dict(first_kernel=0), ValueError, "first_kernel must be an int >= 1"),
+        (dict(first_stride=-1), ValueError, "first_stride must be an int >= 1"),
     ],
 )
-def test_small_cnn_invalid_arguments(kwargs: dict, msg: str) -> None:
-    with pytest.raises(ValueError, match=msg):
+def test_small_cnn_invalid_arguments(kwargs: dict, error: type, msg: str) -> None:
+    """A wrong type is a TypeError, a wrong value a ValueError; both name the argument and the value."""
+    with pytest.raises(error, match=msg):
         get_model("small_cnn", **kwargs)
 
 
 @pytest.mark.parametrize(
     "kwargs, msg",
     [
-        (dict(in_features=0), "in_features must be a positive int"),
-        (dict(hidden=(8, -1)), r"hidden\[1\] must be a positive int, got -1"),
-        (dict(num_classes=0), "num_classes must be a positive int"),
+        (dict(in_features=0), "in_features must be an int >= 1"),
+        (dict(hidden=(8, -1)), r"hidden\[1\] must be an int >= 1, got -1"),
+        (dict(num_classes=0), "num_classes must be an int >= 1"),
     ],
 )
 def test_mlp_invalid_arguments(kwargs: dict, msg: str) -> None:

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_int
+
 from . import register_model
 
 __all__ = ["GradientReversalFunction", "grad_reverse", "GradientReversal", "ImageStandardize", "DANN", "INPUT_NORMS"]
@@ -89,12 +91,6 @@ class ImageStandardize(nn.Module):
         return (x - mean) / (std + self.eps)
 
 
-def _check_pos_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 class DANN(nn.Module):
     """Feature extractor + label predictor + domain classifier (Ganin & Lempitsky 2015, Fig. 1).
 
@@ -109,10 +105,10 @@ class DANN(nn.Module):
                  kernel: int = 5, hidden: Sequence[int] = (100, 100), domain_hidden: Sequence[int] = (100,),
                  input_size: int = 28, input_norm: str = "none", dropout: float = 0.0) -> None:
         super().__init__()
-        _check_pos_int("in_channels", in_channels)
-        _check_pos_int("num_classes", num_classes)
-        _check_pos_int("kernel", kernel)
-        _check_pos_int("input_size", input_size)
+        check_int(in_channels, "in_channels", low=1)
+        check_int(num_classes, "num_classes", low=1)
+        check_int(kernel, "kernel", low=1)
+        check_int(input_size, "input_size", low=1)
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
@@ -122,7 +118,7 @@ class DANN(nn.Module):
         layers: list[nn.Module] = [ImageStandardize() if input_norm == "image" else nn.Identity()]
         c = in_channels
         for i, w in enumerate(widths):
-            layers += [nn.Conv2d(c, _check_pos_int(f"widths[{i}]", w), kernel), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(c, check_int(w, f"widths[{i}]", low=1), kernel), nn.ReLU(), nn.MaxPool2d(2)]
             c = w
         layers.append(nn.Flatten())
         self.features = nn.Sequential(*layers)
@@ -140,7 +136,7 @@ class DANN(nn.Module):
     def _mlp(d: int, hidden: Sequence[int], out: int, dropout: float, name: str) -> nn.Sequential:
         layers: list[nn.Module] = []
         for i, h in enumerate(hidden):
-            layers += [nn.Linear(d, _check_pos_int(f"{name}[{i}]", h)), nn.ReLU()]
+            layers += [nn.Linear(d, check_int(h, f"{name}[{i}]", low=1)), nn.ReLU()]
             if dropout:
                 layers.append(nn.Dropout(dropout))
             d = h

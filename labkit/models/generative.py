@@ -25,15 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int
+
 from . import register_model
 
 __all__ = ["VAE", "MLPVAE", "ConvVAE"]
-
-
-def _pos_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _shape(in_shape: object) -> tuple[int, int, int]:
@@ -103,13 +99,13 @@ class MLPVAE(VAE):
                  hidden: Sequence[int] = (400,), num_classes: int = 0) -> None:
         super().__init__()
         self.in_shape = _shape(tuple(in_shape) if isinstance(in_shape, list) else in_shape)
-        self.latent_dim = _pos_int("latent_dim", latent_dim)
+        self.latent_dim = check_int(latent_dim, "latent_dim", low=1)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be 0 (plain VAE) or the number of classes, got {num_classes!r}")
         self.num_classes = num_classes
         if not hidden:
             raise ValueError("hidden must list at least one layer width, e.g. (400,)")
-        widths = [_pos_int(f"hidden[{i}]", h) for i, h in enumerate(hidden)]
+        widths = [check_int(h, f"hidden[{i}]", low=1) for i, h in enumerate(hidden)]
         d = self.in_shape[0] * self.in_shape[1] * self.in_shape[2]
         enc: list[nn.Module] = []
         prev = d + num_classes
@@ -148,14 +144,14 @@ class ConvVAE(VAE):
                  widths: Sequence[int] = (32, 64), hidden: int = 256, num_classes: int = 0) -> None:
         super().__init__()
         self.in_shape = _shape(tuple(in_shape) if isinstance(in_shape, list) else in_shape)
-        self.latent_dim = _pos_int("latent_dim", latent_dim)
-        _pos_int("hidden", hidden)
+        self.latent_dim = check_int(latent_dim, "latent_dim", low=1)
+        check_int(hidden, "hidden", low=1)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be 0 (plain VAE) or the number of classes, got {num_classes!r}")
         self.num_classes = num_classes
         if not widths:
             raise ValueError("widths must list at least one conv block width, e.g. (32, 64)")
-        widths = [_pos_int(f"widths[{i}]", w) for i, w in enumerate(widths)]
+        widths = [check_int(w, f"widths[{i}]", low=1) for i, w in enumerate(widths)]
         c, h, w = self.in_shape
         factor = 2 ** len(widths)
         if h % factor or w % factor:
@@ -272,12 +268,12 @@ class DCGANGenerator(nn.Module):
     def __init__(self, latent_dim: int = 64, *, out_shape: Sequence[int] = (1, 28, 28),
                  widths: Sequence[int] = (64, 32), num_classes: int = 0) -> None:
         super().__init__()
-        self.latent_dim = _pos_int("latent_dim", latent_dim)
+        self.latent_dim = check_int(latent_dim, "latent_dim", low=1)
         self.out_shape = _shape(tuple(out_shape) if isinstance(out_shape, list) else out_shape)
         self.num_classes = _gan_classes(num_classes)
         if not widths:
             raise ValueError("widths must list at least one width, e.g. (64, 32)")
-        widths = [_pos_int(f"widths[{i}]", w) for i, w in enumerate(widths)]
+        widths = [check_int(w, f"widths[{i}]", low=1) for i, w in enumerate(widths)]
         c, h, w = self.out_shape
         factor = 2 ** len(widths)
         if h % factor or w % factor:
@@ -331,7 +327,7 @@ class DCGANDiscriminator(nn.Module):
         self.num_classes = _gan_classes(num_classes)
         if not widths:
             raise ValueError("widths must list at least one width, e.g. (32, 64)")
-        widths = [_pos_int(f"widths[{i}]", w) for i, w in enumerate(widths)]
+        widths = [check_int(w, f"widths[{i}]", low=1) for i, w in enumerate(widths)]
         c, h, w = self.in_shape
         factor = 2 ** len(widths)
         if h % factor or w % factor:

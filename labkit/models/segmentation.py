@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int
+
 from . import register_model
 
 __all__ = ["bilinear_kernel", "bilinear_upsampler", "VGGEncoder", "ResNetEncoder", "TorchvisionEncoder",
@@ -35,12 +37,6 @@ __all__ = ["bilinear_kernel", "bilinear_upsampler", "VGGEncoder", "ResNetEncoder
 
 #: Head name -> output stride of its coarsest prediction; the head combines the strides up to it.
 FCN_HEADS = ("32s", "16s", "8s")
-
-
-def _pos_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _widths(widths: object, n: int) -> tuple[int, ...]:
@@ -51,7 +47,7 @@ def _widths(widths: object, n: int) -> tuple[int, ...]:
     if len(w) != n:
         raise ValueError(f"widths must hold {n} channel counts (one per stride-2 stage), got {len(w)}: {w!r}")
     for i, v in enumerate(w):
-        _pos_int(f"widths[{i}]", v)
+        check_int(v, f"widths[{i}]", low=1)
     return w
 
 
@@ -64,8 +60,8 @@ def bilinear_kernel(channels: int, factor: int) -> Tensor:
     ``F.interpolate(mode="bilinear", align_corners=False)`` away from the border (Long et al.
     2015 initialize their "deconvolution" layers this way). Used in lab 08.
     """
-    _pos_int("channels", channels)
-    _pos_int("factor", factor)
+    check_int(channels, "channels", low=1)
+    check_int(factor, "factor", low=1)
     size = 2 * factor
     centre = (size - 1) / 2
     k = torch.arange(size, dtype=torch.float32)
@@ -86,8 +82,8 @@ def bilinear_upsampler(channels: int, factor: int, *, learnable: bool = True,
     uses one filter per channel (``groups=C``): the same map at initialization, ``C`` times fewer
     operations, but no mixing of the classes once learnt. Used in lab 08.
     """
-    _pos_int("channels", channels)
-    _pos_int("factor", factor)
+    check_int(channels, "channels", low=1)
+    check_int(factor, "factor", low=1)
     if factor % 2:
         raise ValueError(f"factor must be even (2, 4, 8, 16, 32), got {factor}")
     if not isinstance(learnable, bool) or not isinstance(depthwise, bool):
@@ -113,8 +109,8 @@ class VGGEncoder(nn.Module):
     def __init__(self, in_channels: int = 3, *, widths: Sequence[int] = (16, 32, 48, 64, 96), convs: int = 1,
                  batch_norm: bool = True) -> None:
         super().__init__()
-        _pos_int("in_channels", in_channels)
-        _pos_int("convs", convs)
+        check_int(in_channels, "in_channels", low=1)
+        check_int(convs, "convs", low=1)
         w = _widths(widths, 5)
         c = in_channels
         for i, width in enumerate(w, start=1):
@@ -168,8 +164,8 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, in_channels: int = 3, *, widths: Sequence[int] = (16, 24, 32, 48, 64), blocks: int = 1) -> None:
         super().__init__()
-        _pos_int("in_channels", in_channels)
-        _pos_int("blocks", blocks)
+        check_int(in_channels, "in_channels", low=1)
+        check_int(blocks, "blocks", low=1)
         w = _widths(widths, 5)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, w[0], 3, padding=1, bias=False), nn.BatchNorm2d(w[0]),
                                   nn.ReLU(), nn.MaxPool2d(2))
@@ -275,7 +271,7 @@ class EncoderClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_classes: int) -> None:
         super().__init__()
         self.encoder = _check_encoder(encoder)
-        _pos_int("num_classes", num_classes)
+        check_int(num_classes, "num_classes", low=1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(encoder.out_channels[-1], num_classes)
 
@@ -303,8 +299,8 @@ class FCN(nn.Module):
                  dropout: float = 0.0, learn_final: bool = False) -> None:
         super().__init__()
         self.encoder = _check_encoder(encoder)
-        _pos_int("num_classes", num_classes)
-        _pos_int("hidden", hidden)
+        check_int(num_classes, "num_classes", low=1)
+        check_int(hidden, "hidden", low=1)
         if head not in FCN_HEADS:
             raise ValueError(f"head must be one of {FCN_HEADS}, got {head!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:

@@ -12,15 +12,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .._checks import check_int
+
 from . import register_model
 
 __all__ = ["SmallCNN", "MLP", "ZFNet"]
-
-
-def _check_pos_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class SmallCNN(nn.Module):
@@ -35,11 +31,11 @@ class SmallCNN(nn.Module):
                  first_kernel: int = 3, first_stride: int = 1, global_pool: bool = True,
                  input_size: int = 32) -> None:
         super().__init__()
-        _check_pos_int("in_channels", in_channels)
-        _check_pos_int("num_classes", num_classes)
-        _check_pos_int("hidden", hidden)
-        _check_pos_int("first_kernel", first_kernel)
-        _check_pos_int("first_stride", first_stride)
+        check_int(in_channels, "in_channels", low=1)
+        check_int(num_classes, "num_classes", low=1)
+        check_int(hidden, "hidden", low=1)
+        check_int(first_kernel, "first_kernel", low=1)
+        check_int(first_stride, "first_stride", low=1)
         if not widths:
             raise ValueError("widths must name at least one conv block, e.g. (16, 32, 64)")
         if not 0.0 <= dropout < 1.0:
@@ -47,7 +43,7 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for i, w in enumerate(widths):
-            _check_pos_int(f"widths[{i}]", w)
+            check_int(w, f"widths[{i}]", low=1)
             k, s = (first_kernel, first_stride) if i == 0 else (3, 1)
             layers.append(nn.Conv2d(c, w, k, stride=s, padding=k // 2))
             if batch_norm:
@@ -77,13 +73,13 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int = 784, num_classes: int = 10, *, hidden: Sequence[int] = (256,)) -> None:
         super().__init__()
-        _check_pos_int("in_features", in_features)
+        check_int(in_features, "in_features", low=1)
         layers: list[nn.Module] = [nn.Flatten()]
         d = in_features
         for i, h in enumerate(hidden):
-            layers += [nn.Linear(d, _check_pos_int(f"hidden[{i}]", h)), nn.ReLU()]
+            layers += [nn.Linear(d, check_int(h, f"hidden[{i}]", low=1)), nn.ReLU()]
             d = h
-        layers.append(nn.Linear(d, _check_pos_int("num_classes", num_classes)))
+        layers.append(nn.Linear(d, check_int(num_classes, "num_classes", low=1)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,14 +101,14 @@ class ZFNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 10, *, widths: Sequence[int] = (32, 48, 64),
                  hidden: int = 64, first_kernel: int = 7, first_stride: int = 2, init: str = "he") -> None:
         super().__init__()
-        _check_pos_int("in_channels", in_channels)
-        _check_pos_int("num_classes", num_classes)
-        _check_pos_int("hidden", hidden)
-        _check_pos_int("first_kernel", first_kernel)
-        _check_pos_int("first_stride", first_stride)
+        check_int(in_channels, "in_channels", low=1)
+        check_int(num_classes, "num_classes", low=1)
+        check_int(hidden, "hidden", low=1)
+        check_int(first_kernel, "first_kernel", low=1)
+        check_int(first_stride, "first_stride", low=1)
         if len(widths) != 3:
             raise ValueError(f"widths must give the three conv layers' channels, e.g. (32, 48, 64), got {widths!r}")
-        c1, c2, c3 = (_check_pos_int(f"widths[{i}]", w) for i, w in enumerate(widths))
+        c1, c2, c3 = (check_int(w, f"widths[{i}]", low=1) for i, w in enumerate(widths))
         if init not in ("he", "default"):
             raise ValueError(f"init must be 'he' or 'default', got {init!r}")
         self.features = nn.Sequential(
