@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["to_numpy_image", "show_images", "show_heatmaps", "overlay", "plot_history", "plot_curves",
            "plot_embedding", "plot_bars", "plot_filters", "normalize_map", "close_figure", "plot_matrix",
-           "show_mosaic", "font_file", "render_glyph", "overlay_rgb"]
+           "show_mosaic", "overlay_rgb"]
 
 
 def to_numpy_image(img: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -391,37 +391,3 @@ def show_mosaic(images: torch.Tensor, *, nrow: int, row_titles: Sequence[str] | 
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def font_file(name: str) -> str:
-    """Path of a TrueType font that matplotlib ships (``mpl-data/fonts/ttf/NAME``).
-
-    Used by the embedded ``glyph_digits`` generator (labs 00, 07, 09, 10); raises
-    FileNotFoundError naming the folder when the font is absent.
-    """
-    import os
-
-    import matplotlib
-
-    folder = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"font {name!r} not found in {folder}; choose one of {sorted(os.listdir(folder))}")
-    return path
-
-
-def render_glyph(font_name: str, text: str, *, size: int = 96) -> np.ndarray:
-    """Anti-aliased bitmap of ``text`` in one of matplotlib's fonts, float ``[H, W]`` in [0, 1].
-
-    Rendered by matplotlib's FreeType wrapper (``FT2Font``) at ``size`` points and 72 dpi;
-    the embedded ``glyph_digits`` generator redraws these glyphs with a random pen.
-    """
-    from matplotlib.ft2font import FT2Font
-
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"render_glyph: text must be a non-empty str, got {text!r}")
-    font = FT2Font(font_file(font_name))
-    font.set_size(size, 72)
-    font.set_text(text)
-    font.draw_glyphs_to_bitmap(antialiased=True)
-    return np.asarray(font.get_image(), dtype=np.float32) / 255.0

@@ -84,11 +84,66 @@ def test_top_level_layout():
         assert top <= expected | optional, f"unexpected top-level entries: {top - expected - optional}"
 
 
-def test_only_plotting_imports_matplotlib():
+def test_only_plotting_draws_with_matplotlib():
+    """Figures are plotting.py's; the data layer may use matplotlib's bundled fonts (datasets/_fonts.py:
+    its FreeType wrapper and font folder), never its drawing modules."""
     offenders = []
     for path in (ROOT / "labkit").rglob("*.py"):
         if path.name == "plotting.py":
             continue
-        if re.search(r"^\s*(import matplotlib|from matplotlib)", path.read_text(), re.M):
-            offenders.append(str(path.relative_to(ROOT)))
-    assert not offenders, f"only labkit/plotting.py may import matplotlib: {offenders}"
+        imports = re.findall(r"^\s*(?:import|from) (matplotlib[\w.]*)", path.read_text(), re.M)
+        allowed = {"matplotlib", "matplotlib.ft2font"} if path.relative_to(ROOT).as_posix() == \
+            "labkit/datasets/_fonts.py" else set()
+        if set(imports) - allowed:
+            offenders.append(f"{path.relative_to(ROOT)}: {sorted(set(imports) - allowed)}")
+    assert not offenders, f"only labkit/plotting.py may draw with matplotlib: {offenders}"
+
+
+# The house, bottom to top: a module may import its own layer and the layers below, never one above.
+LAYERS = {
+    0: {"_checks", "device", "reproducibility", "storage", "progress", "results"},
+    1: {"datasets", "models", "hooks"},
+    2: {"training", "attribution", "deconv", "feature_vis", "style", "adversarial", "embeddings", "metrics",
+        "transfer", "vae", "gan", "domain_adaptation", "segmentation"},
+    3: {"plotting", "widgets"},
+    4: {"config", "reference", "runner", "grading", "cli", "__init__"},
+}
+
+
+def _labkit_imports(path: Path) -> set[str]:
+    """The labkit modules (first component below labkit) that ``path`` imports, lazily or not."""
+    import ast
+
+    rel = path.relative_to(ROOT).with_suffix("").parts  # ("labkit", "datasets", "_glyphs")
+    package = rel[:-1] if path.name != "__init__.py" else rel[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - (node.level - 1)])
+                target = base + (node.module.split(".") if node.module else [])
+            else:
+                target = (node.module or "").split(".")
+            names = [target] if len(target) > 1 else [target + [a.name] for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name.split(".") for a in node.names]
+        else:
+            continue
+        found |= {t[1] for t in names if t[0] == "labkit" and len(t) > 1}
+    return found
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    layer_of = {m: layer for layer, mods in LAYERS.items() for m in mods}
+    present = {p.stem if p.parent.name == "labkit" else p.relative_to(ROOT / "labkit").parts[0]
+               for p in (ROOT / "labkit").rglob("*.py")}
+    assert present <= set(layer_of), f"give these modules a layer in LAYERS: {sorted(present - set(layer_of))}"
+    offenders = []
+    for path in (ROOT / "labkit").rglob("*.py"):
+        rel = path.relative_to(ROOT / "labkit").parts
+        own = rel[0] if len(rel) > 1 else path.stem
+        for target in _labkit_imports(path) - {own}:
+            if layer_of.get(target, -1) > layer_of[own]:
+                offenders.append(f"{'/'.join(rel)} ({own}, layer {layer_of[own]}) imports {target} "
+                                 f"(layer {layer_of[target]})")
+    assert not offenders, "imports from a layer above:\n" + "\n".join(sorted(offenders))

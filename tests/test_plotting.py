@@ -311,19 +311,3 @@ def test_show_mosaic_tiles_one_image_with_row_titles() -> None:
         P.show_mosaic(images, nrow=0)
     with pytest.raises(ValueError, match="N, C, H, W"):
         P.show_mosaic(torch.rand(4, 4), nrow=2)
-
-
-def test_render_glyph_draws_ink_in_unit_range():
-    img = P.render_glyph("DejaVuSans.ttf", "1", size=48)
-    assert img.ndim == 2 and img.dtype == np.float32
-    assert 0.0 <= img.min() and img.max() <= 1.0 and img.max() > 0.9
-    # a "1" (with its foot serif in DejaVu Sans) is taller than wide
-    ys, xs = np.nonzero(img > 0.5)
-    assert (ys.max() - ys.min()) > 1.5 * (xs.max() - xs.min())
-
-
-def test_font_file_errors_name_the_folder():
-    with pytest.raises(FileNotFoundError, match="not found in"):
-        P.font_file("no_such_font.ttf")
-    with pytest.raises(ValueError, match="non-empty"):
-        P.render_glyph("DejaVuSans.ttf", "")

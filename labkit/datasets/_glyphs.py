@@ -20,6 +20,7 @@ import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ _SLANT = np.array([0.03, 0.13, -0.01, -0.11, -0.1, 0.07, -0.08, -0.2, 0.02, -0.0
 
 def _glyph_bitmap(font_name: str, digit: int) -> np.ndarray:
     """The digit's anti-aliased bitmap, cropped to its ink, as float in [0, 1]."""
-    from labkit.plotting import render_glyph  # matplotlib's FreeType renderer (plotting owns matplotlib)
+    from ._fonts import render_glyph  # matplotlib's FreeType renderer, not its figures
 
     img = render_glyph(font_name, str(digit), size=96)
     ys, xs = np.nonzero(img > 0.5)
@@ -123,100 +124,158 @@ def _fit_stem(sk: np.ndarray, y0: int, y1: int) -> tuple[float, float] | None:
     return float(a), float(b)
 
 
-def _variants(digit: int, sk: np.ndarray, ink: np.ndarray, box: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
-    """Handwriting forms of ``digit`` redrawn from a font's skeleton ``sk`` (see ``_VARIANTS``)."""
+_Box = tuple[int, int, int, int]  # top, bottom, left, right: the glyph's bounding box on the base grid
+
+
+def _one_stem(digit: int, sk: np.ndarray, ink: np.ndarray, box: _Box) -> dict[str, np.ndarray]:
+    """A 1 as a bare straight stem (``stem``), and without its base (``no_base``)."""
+    top, bottom, left, right = box
+    h = bottom - top
+    out: dict[str, np.ndarray] = {}
+    stem = _fit_stem(sk, top + int(0.35 * h), top + int(0.75 * h))
+    if stem is not None:
+        yy, xx = np.mgrid[:sk.shape[0], :sk.shape[1]]
+        a, b = stem
+        s = np.zeros_like(sk)
+        _line(s, a * top + b, top, a * bottom + b, bottom)
+        out["stem"] = s
+        near = np.abs(xx - (a * yy + b)) <= 2
+        keep = sk & ((yy < top + 0.7 * h) | near)
+        out["no_base"] = keep | s
+    return out
+
+
+def _two_loop(digit: int, sk: np.ndarray, ink: np.ndarray, box: _Box) -> dict[str, np.ndarray]:
+    """A 2 with a small loop where the diagonal meets the base (``loop``)."""
+    top, bottom, left, right = box
+    h = bottom - top
+    yy = np.mgrid[:sk.shape[0], :sk.shape[1]][0]
+    low = sk & (yy >= top + 0.75 * h)
+    if not low.any():
+        return {}
+    ys, xs = np.nonzero(low)
+    i = xs.argmin()
+    r = 0.14 * h
+    s = sk.copy()
+    ang = np.linspace(0, 2 * np.pi, 64)
+    cx, cy = xs[i] + 0.7 * r, ys[i] - 0.9 * r
+    px, py = cx + r * np.cos(ang), cy + r * np.sin(ang)
+    for k in range(len(ang) - 1):
+        _line(s, px[k], py[k], px[k + 1], py[k + 1])
+    return {"loop": s}
+
+
+def _four_open(digit: int, sk: np.ndarray, ink: np.ndarray, box: _Box) -> dict[str, np.ndarray]:
+    """An open 4 of three straight strokes: stem, crossbar and a diagonal left open at the top (``open``)."""
+    top, bottom, left, right = box
+    h, w = bottom - top, right - left
+    rows = [(sk[y].sum(), y) for y in range(top + int(0.5 * h), top + int(0.9 * h))]
+    cross_y = max(rows)[1]
+    xs = np.nonzero(sk[cross_y])[0]
+    stem = _fit_stem(sk, cross_y + 3, bottom - 2)
+    if not xs.size or stem is None:
+        return {}
+    a, b = stem
+    lx, rx = xs.min(), xs.max()
+    s = np.zeros_like(sk)
+    _line(s, a * top + b, top, a * bottom + b, bottom)
+    _line(s, lx, cross_y, rx, cross_y)
+    _line(s, lx + 0.12 * w + a * (top - cross_y), top + 0.05 * h, lx, cross_y)
+    return {"open": s}
+
+
+def _straight_six_nine(digit: int, sk: np.ndarray, ink: np.ndarray, box: _Box) -> dict[str, np.ndarray]:
+    """A 6 or a 9 as its loop and one straight stroke (``straight``)."""
     from scipy.ndimage import binary_fill_holes
 
     top, bottom, left, right = box
-    h, w = bottom - top, right - left
-    out: dict[str, np.ndarray] = {}
-    yy, xx = np.mgrid[:sk.shape[0], :sk.shape[1]]
-    if digit == 1:
-        stem = _fit_stem(sk, top + int(0.35 * h), top + int(0.75 * h))
-        if stem is not None:
-            a, b = stem
-            s = np.zeros_like(sk)
-            _line(s, a * top + b, top, a * bottom + b, bottom)
-            out["stem"] = s
-            near = np.abs(xx - (a * yy + b)) <= 2
-            keep = sk & ((yy < top + 0.7 * h) | near)
-            out["no_base"] = keep | s
-    elif digit == 2:  # a small loop where the diagonal meets the base
-        low = sk & (yy >= top + 0.75 * h)
-        if low.any():
-            ys, xs = np.nonzero(low)
-            i = xs.argmin()
-            r = 0.14 * h
-            s = sk.copy()
-            ang = np.linspace(0, 2 * np.pi, 64)
-            cx, cy = xs[i] + 0.7 * r, ys[i] - 0.9 * r
-            px, py = cx + r * np.cos(ang), cy + r * np.sin(ang)
-            for k in range(len(ang) - 1):
-                _line(s, px[k], py[k], px[k + 1], py[k + 1])
-            out["loop"] = s
-    elif digit == 4:
-        rows = [(sk[y].sum(), y) for y in range(top + int(0.5 * h), top + int(0.9 * h))]
-        cross_y = max(rows)[1]
-        xs = np.nonzero(sk[cross_y])[0]
-        stem = _fit_stem(sk, cross_y + 3, bottom - 2)
-        if xs.size and stem is not None:
-            a, b = stem
-            lx, rx = xs.min(), xs.max()
-            s = np.zeros_like(sk)
-            _line(s, a * top + b, top, a * bottom + b, bottom)
-            _line(s, lx, cross_y, rx, cross_y)
-            _line(s, lx + 0.12 * w + a * (top - cross_y), top + 0.05 * h, lx, cross_y)
-            out["open"] = s
-    elif digit in (6, 9):
-        counter = binary_fill_holes(ink) & ~ink
-        if counter.any():
-            cy = np.nonzero(counter.any(1))[0]
-            c_top, c_bot = cy.min(), cy.max()
-            mid = (c_top + c_bot) // 2
-            sxs = np.nonzero(sk[mid])[0]
-            if sxs.size:
-                pad = max(2, (c_bot - c_top) // 4)
-                if digit == 9:  # keep the loop, then a straight tail down from its right side
-                    s = sk & (yy <= c_bot + pad)
-                    x0 = sxs.max()
-                    _line(s, x0, mid, x0 - 0.08 * w, bottom)
-                else:  # keep the loop, then a straight upstroke from its left side
-                    s = sk & (yy >= c_top - pad)
-                    x0 = sxs.min()
-                    _line(s, x0, mid, x0 + 0.45 * w, top)
-                out["straight"] = s
-    elif digit == 8:  # the upper loop left open at its top right, where the pen starts
-        from scipy.ndimage import label
+    w = right - left
+    counter = binary_fill_holes(ink) & ~ink
+    if not counter.any():
+        return {}
+    cy = np.nonzero(counter.any(1))[0]
+    c_top, c_bot = cy.min(), cy.max()
+    mid = (c_top + c_bot) // 2
+    sxs = np.nonzero(sk[mid])[0]
+    if not sxs.size:
+        return {}
+    yy = np.mgrid[:sk.shape[0], :sk.shape[1]][0]
+    pad = max(2, (c_bot - c_top) // 4)
+    if digit == 9:  # keep the loop, then a straight tail down from its right side
+        s = sk & (yy <= c_bot + pad)
+        x0 = sxs.max()
+        _line(s, x0, mid, x0 - 0.08 * w, bottom)
+    else:  # keep the loop, then a straight upstroke from its left side
+        s = sk & (yy >= c_top - pad)
+        x0 = sxs.min()
+        _line(s, x0, mid, x0 + 0.45 * w, top)
+    return {"straight": s}
 
-        holes, k = label(binary_fill_holes(ink) & ~ink)
-        if k == 2:
-            upper = min((1, 2), key=lambda i: np.nonzero(holes == i)[0].mean())
-            ys, xs = np.nonzero(holes == upper)
-            cx, cy = xs.mean(), ys.mean()
-            ry, rx = (np.ptp(ys) + 1) / 2, (np.ptp(xs) + 1) / 2
-            # the skeleton point in the direction of the top right of the counter
-            d = np.hypot((xx - cx) / max(rx, 1), (yy - cy) / max(ry, 1))
-            ang = np.arctan2(yy - cy, xx - cx)
-            cand = sk & (np.abs(ang + np.pi / 4) < 0.3) & (d > 1)
-            if cand.any():
-                py, px = np.nonzero(cand)
-                j = np.argmin(np.hypot(px - cx, py - cy))
-                s = sk & (np.hypot(xx - px[j], yy - py[j]) > 0.09 * h)
-                out["open"] = s
-    elif digit == 7:
-        mid = top + h // 2
-        xs = np.nonzero(sk[mid])[0]
-        if xs.size:
-            s = sk.copy()
-            c = xs.mean()
-            _line(s, c - 0.3 * w, mid, c + 0.3 * w, mid)
-            out["crossbar"] = s
-    # drop degenerate redrawings (e.g. a font whose 4 is already open)
+
+def _eight_open(digit: int, sk: np.ndarray, ink: np.ndarray, box: _Box) -> dict[str, np.ndarray]:
+    """An 8 whose upper loop is left open at its top right, where the pen starts (``open``)."""
+    from scipy.ndimage import binary_fill_holes, label
+
+    top, bottom, left, right = box
+    h = bottom - top
+    holes, k = label(binary_fill_holes(ink) & ~ink)
+    if k != 2:
+        return {}
+    upper = min((1, 2), key=lambda i: np.nonzero(holes == i)[0].mean())
+    ys, xs = np.nonzero(holes == upper)
+    cx, cy = xs.mean(), ys.mean()
+    ry, rx = (np.ptp(ys) + 1) / 2, (np.ptp(xs) + 1) / 2
+    # the skeleton point in the direction of the top right of the counter
+    yy, xx = np.mgrid[:sk.shape[0], :sk.shape[1]]
+    d = np.hypot((xx - cx) / max(rx, 1), (yy - cy) / max(ry, 1))
+    ang = np.arctan2(yy - cy, xx - cx)
+    cand = sk & (np.abs(ang + np.pi / 4) < 0.3) & (d > 1)
+    if not cand.any():
+        return {}
+    py, px = np.nonzero(cand)
+    j = np.argmin(np.hypot(px - cx, py - cy))
+    return {"open": sk & (np.hypot(xx - px[j], yy - py[j]) > 0.09 * h)}
+
+
+def _seven_crossbar(digit: int, sk: np.ndarray, ink: np.ndarray, box: _Box) -> dict[str, np.ndarray]:
+    """A 7 crossed at half height (``crossbar``)."""
+    top, bottom, left, right = box
+    h, w = bottom - top, right - left
+    mid = top + h // 2
+    xs = np.nonzero(sk[mid])[0]
+    if not xs.size:
+        return {}
+    s = sk.copy()
+    c = xs.mean()
+    _line(s, c - 0.3 * w, mid, c + 0.3 * w, mid)
+    return {"crossbar": s}
+
+
+# digit -> the function that redraws its handwriting forms (the keys of ``_VARIANTS[digit]``); all take
+# (digit, skeleton, ink, box) and return {variant name: skeleton}
+_VARIANT_DRAWERS: dict[int, Callable[[int, np.ndarray, np.ndarray, _Box], dict[str, np.ndarray]]] = {
+    1: _one_stem, 2: _two_loop, 4: _four_open, 6: _straight_six_nine, 7: _seven_crossbar, 8: _eight_open,
+    9: _straight_six_nine,
+}
+
+
+def _drop_degenerate(digit: int, out: dict[str, np.ndarray], box: _Box) -> dict[str, np.ndarray]:
+    """``out`` without the redrawings too short or too narrow for the glyph's box (e.g. an already open 4)."""
+    top, bottom, left, right = box
+    h, w = bottom - top, right - left
     for name, s in list(out.items()):
         ys, xs = np.nonzero(s)
         if ys.size == 0 or np.ptp(ys) < 0.8 * h or (digit != 1 and np.ptp(xs) < 0.5 * w):
             del out[name]
     return out
+
+
+def _variants(digit: int, sk: np.ndarray, ink: np.ndarray, box: _Box) -> dict[str, np.ndarray]:
+    """Handwriting forms of ``digit`` redrawn from a font's skeleton ``sk`` (see ``_VARIANTS``)."""
+    draw = _VARIANT_DRAWERS.get(digit)
+    if draw is None:
+        return {}
+    return _drop_degenerate(digit, draw(digit, sk, ink, box), box)
 
 
 @lru_cache(maxsize=None)

@@ -9,6 +9,7 @@ is no per-pixel Python loop; edges are anti-aliased from the distance.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -312,13 +313,187 @@ def _check_background(background: object) -> str:
     return background
 
 
+def _check_noise(noise: object) -> float:
+    """``noise`` (the standard deviation of the per-pixel noise) as given, if a number in [0, 0.5]."""
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 0.5:
+        raise ValueError(f"noise must be a float in [0, 0.5], got {noise!r}")
+    return noise
+
+
+def _resolve_spurious(spurious_class: str | int | None, names: list[str]) -> int | None:
+    """Index into ``names`` of :func:`shapes`' ``spurious_class`` (a name or an index), or None."""
+    if spurious_class is None:
+        return None
+    k = len(names)
+    if isinstance(spurious_class, str):
+        if spurious_class not in names:
+            raise ValueError(f"spurious_class {spurious_class!r} is not among the classes drawn: {names}")
+        return names.index(spurious_class)
+    if isinstance(spurious_class, (int, np.integer)) and not isinstance(spurious_class, bool):
+        if not 0 <= spurious_class < k:
+            raise ValueError(f"spurious_class index {spurious_class} out of range 0..{k - 1} "
+                             f"(an index into the classes drawn: {names})")
+        return int(spurious_class)
+    raise TypeError(f"spurious_class must be a class name, an index or None, got {spurious_class!r}")
+
+
 def _cue_pattern(side: int) -> Tensor:
     """The spurious cue: a black/white pixel checkerboard of ``side x side`` ([3, side, side])."""
     ij = torch.arange(side)
     return ((ij[:, None] + ij[None, :]) % 2 == 0).float()[None].expand(3, -1, -1)
 
 
+def _add_noise(img: Tensor, rng: np.random.Generator, noise: float) -> None:
+    """Add Gaussian noise of standard deviation ``noise`` to ``img`` [m, 3, H, W] in place (no draw if 0)."""
+    if noise > 0:
+        m, _, h, w = img.shape
+        img.add_(torch.from_numpy(rng.normal(0, noise, (m, 3, h, w)).astype(np.float32)))
+
+
 # --------------------------------------------------------------------------- shapes
+@dataclass(frozen=True)
+class _ShapeDraws:
+    """Per-image parameters of :func:`shapes` ([n] arrays; ``d_*``: the distractor), drawn before rendering."""
+
+    labels: np.ndarray
+    kinds: np.ndarray
+    has_d: np.ndarray
+    d_label: np.ndarray
+    radius: np.ndarray
+    d_radius: np.ndarray
+    theta: np.ndarray
+    d_theta: np.ndarray
+    cx: np.ndarray
+    cy: np.ndarray
+    dcx: np.ndarray
+    dcy: np.ndarray
+
+
+def _place_objects(rng: np.random.Generator, has_d: np.ndarray, radius: np.ndarray, d_radius: np.ndarray,
+                   size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centres ``cx, cy, dcx, dcy`` of the labelled objects and of the distractors, fully inside the image."""
+    n = len(has_d)
+    # free placement: anywhere the disc fits
+    cx = radius + rng.random(n) * (size - 2 * radius)
+    cy = radius + rng.random(n) * (size - 2 * radius)
+    # with a distractor: the two objects on opposite sides of the centre
+    psi = rng.uniform(0, 2 * np.pi, n)
+    off = size * rng.uniform(0.18, 0.24, n)
+    mcx, mcy = size / 2 + off * np.cos(psi), size / 2 + off * np.sin(psi)
+    dcx, dcy = size / 2 - off * np.cos(psi), size / 2 - off * np.sin(psi)
+    cx = np.where(has_d, np.clip(mcx, radius, size - radius), cx)
+    cy = np.where(has_d, np.clip(mcy, radius, size - radius), cy)
+    dcx, dcy = np.clip(dcx, d_radius, size - d_radius), np.clip(dcy, d_radius, size - d_radius)
+    return cx, cy, dcx, dcy
+
+
+def _draw_objects(rng: np.random.Generator, n: int, k: int, size: int, *, background: str, distractor: float,
+                  scale: tuple[float, float], rotate: bool) -> _ShapeDraws:
+    """Labels, backgrounds, distractors, sizes, angles and centres of ``n`` images (in this draw order)."""
+    labels = rng.permutation(np.arange(n) % k)
+    kinds = _background_kinds(rng, background, n)
+    has_d = rng.random(n) < distractor
+    d_label = np.where(has_d, (labels + rng.integers(1, max(k, 2), n)) % k, -1)
+    diam = rng.uniform(*scale, n) * size
+    d_diam = rng.uniform(*scale, n) * size * 0.62
+    diam = np.where(has_d, diam * 0.62, diam)
+    radius, d_radius = diam / 2, d_diam / 2
+    theta = rng.uniform(0, 2 * np.pi, n) if rotate else np.zeros(n)
+    d_theta = rng.uniform(0, 2 * np.pi, n) if rotate else np.zeros(n)
+    cx, cy, dcx, dcy = _place_objects(rng, has_d, radius, d_radius, size)
+    return _ShapeDraws(labels, kinds, has_d, d_label, radius, d_radius, theta, d_theta, cx, cy, dcx, dcy)
+
+
+def _draw_cue(rng: np.random.Generator, labels: np.ndarray, spurious: int | None, spurious_prob: float,
+              spurious_other_prob: float) -> np.ndarray:
+    """Which images [n] bool carry the spurious cue (no draw when ``spurious`` is None)."""
+    cue = np.zeros(len(labels), dtype=bool)
+    if spurious is not None:
+        p = np.where(labels == spurious, spurious_prob, spurious_other_prob)
+        cue = rng.random(len(labels)) < p
+    return cue
+
+
+def _paint_distractors(img: Tensor, rng: np.random.Generator, names: Sequence[str], draws: _ShapeDraws,
+                       sl: slice) -> Tensor:
+    """Paint the distractors of images ``sl`` onto their backgrounds ``img`` in place; their coverage > 0.5."""
+    m, _, size, _ = img.shape
+    cover = torch.zeros(m, size, size, dtype=torch.bool)
+    idx = np.flatnonzero(draws.has_d[sl])
+    if idx.size:
+        a_d = _render_alpha(names, draws.d_label[sl][idx], draws.dcx[sl][idx], draws.dcy[sl][idx],
+                            draws.d_radius[sl][idx], draws.d_theta[sl][idx], size)
+        t = torch.from_numpy(idx)
+        sub = img[t]
+        _paint(sub, a_d, rng)
+        img[t] = sub
+        cover[t] = a_d > 0.5
+    return cover
+
+
+def _stamp_cue(img: Tensor, masks: Sequence[Tensor], cue: np.ndarray, cue_img: Tensor) -> None:
+    """Draw ``cue_img`` in the top-left corner of the images where ``cue``, hiding it from ``masks`` (in place)."""
+    idx = np.flatnonzero(cue)
+    if idx.size:
+        side = cue_img.shape[-1]
+        t = torch.from_numpy(idx)
+        img[t, :, 1:1 + side, 1:1 + side] = cue_img
+        for mask in masks:
+            mask[t, 1:1 + side, 1:1 + side] = False
+
+
+def _render_shapes_chunk(rng: np.random.Generator, names: Sequence[str], draws: _ShapeDraws, cue: np.ndarray,
+                         sl: slice, size: int, noise: float,
+                         cue_img: Tensor) -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
+    """Images, masks, distractor masks and colours of images ``sl``, drawn in the order of the generator."""
+    img = _backgrounds(rng, draws.kinds[sl], size)
+    d_cover = _paint_distractors(img, rng, names, draws, sl)
+    alpha = _render_alpha(names, draws.labels[sl], draws.cx[sl], draws.cy[sl], draws.radius[sl], draws.theta[sl],
+                          size)
+    colours = _paint(img, alpha, rng)
+    mask = alpha > 0.5
+    d_mask = d_cover & ~mask
+    _stamp_cue(img, (mask, d_mask), cue[sl], cue_img)
+    _add_noise(img, rng, noise)
+    return img.clamp_(0.0, 1.0), mask, d_mask, colours
+
+
+def _render_shapes(rng: np.random.Generator, names: Sequence[str], draws: _ShapeDraws, cue: np.ndarray,
+                   size: int, noise: float, side: int) -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
+    """All images [n, 3, H, W], masks, distractor masks [n, H, W] and colours [n, 3], in chunks."""
+    n = len(draws.labels)
+    images = torch.empty(n, 3, size, size)
+    masks = torch.empty(n, size, size, dtype=torch.bool)
+    d_masks = torch.zeros(n, size, size, dtype=torch.bool)
+    colours = np.zeros((n, 3), dtype=np.float32)
+    cue_img = _cue_pattern(side)
+    for start in range(0, n, _CHUNK):
+        sl = slice(start, min(n, start + _CHUNK))
+        images[sl], masks[sl], d_masks[sl], colours[sl] = _render_shapes_chunk(rng, names, draws, cue, sl, size,
+                                                                              noise, cue_img)
+    return images, masks, d_masks, colours
+
+
+def _shapes_info(draws: _ShapeDraws, cue: np.ndarray, d_masks: Tensor, colours: np.ndarray,
+                 side: int) -> dict[str, Tensor]:
+    """The ``info`` tensors of :func:`shapes` (backgrounds, distractors, cue and its mask, geometry, colours)."""
+    n, size = d_masks.shape[:2]
+    cue_t = torch.from_numpy(cue)
+    cue_mask = torch.zeros(n, size, size, dtype=torch.bool)
+    cue_mask[cue_t, 1:1 + side, 1:1 + side] = True
+    return {
+        "background": torch.from_numpy(draws.kinds.astype(np.int64)),
+        "distractor_label": torch.from_numpy(draws.d_label.astype(np.int64)),
+        "distractor_mask": d_masks,
+        "cue": cue_t,
+        "cue_mask": cue_mask,
+        "center": torch.from_numpy(np.stack([draws.cx, draws.cy], 1).astype(np.float32)),
+        "radius": torch.from_numpy(draws.radius.astype(np.float32)),
+        "angle": torch.from_numpy(draws.theta.astype(np.float32)),
+        "colour": torch.from_numpy(colours),
+    }
+
+
 def shapes(n: int = 1000, *, size: int = 32, seed: int = 0, classes: Sequence[str | int] | None = None,
            background: str = "mixed", distractor: float = 0.0, spurious_class: str | int | None = None,
            spurious_prob: float = 0.9, spurious_other_prob: float = 0.05,
@@ -353,102 +528,20 @@ def shapes(n: int = 1000, *, size: int = 32, seed: int = 0, classes: Sequence[st
     spurious_prob = check_prob("spurious_prob", spurious_prob)
     spurious_other_prob = check_prob("spurious_other_prob", spurious_other_prob)
     scale = check_range("scale", scale, low=0.05, high=1.0)
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 0.5:
-        raise ValueError(f"noise must be a float in [0, 0.5], got {noise!r}")
+    noise = _check_noise(noise)
     k = len(names)
     if distractor > 0 and k < 2:
         raise ValueError("distractor > 0 needs at least two classes (the distractor is of another class)")
-    spurious = None
-    if spurious_class is not None:
-        if isinstance(spurious_class, str):
-            if spurious_class not in names:
-                raise ValueError(f"spurious_class {spurious_class!r} is not among the classes drawn: {names}")
-            spurious = names.index(spurious_class)
-        elif isinstance(spurious_class, (int, np.integer)) and not isinstance(spurious_class, bool):
-            if not 0 <= spurious_class < k:
-                raise ValueError(f"spurious_class index {spurious_class} out of range 0..{k - 1} "
-                                 f"(an index into the classes drawn: {names})")
-            spurious = int(spurious_class)
-        else:
-            raise TypeError(f"spurious_class must be a class name, an index or None, got {spurious_class!r}")
+    spurious = _resolve_spurious(spurious_class, names)
 
     rng = numpy_rng(seed)
     # ---- per-sample parameters, all drawn before rendering
-    labels = rng.permutation(np.arange(n) % k)
-    kinds = _background_kinds(rng, background, n)
-    has_d = rng.random(n) < distractor
-    d_label = np.where(has_d, (labels + rng.integers(1, max(k, 2), n)) % k, -1)
-    diam = rng.uniform(*scale, n) * size
-    d_diam = rng.uniform(*scale, n) * size * 0.62
-    diam = np.where(has_d, diam * 0.62, diam)
-    radius, d_radius = diam / 2, d_diam / 2
-    theta = rng.uniform(0, 2 * np.pi, n) if rotate else np.zeros(n)
-    d_theta = rng.uniform(0, 2 * np.pi, n) if rotate else np.zeros(n)
-    # free placement: anywhere the disc fits
-    cx = radius + rng.random(n) * (size - 2 * radius)
-    cy = radius + rng.random(n) * (size - 2 * radius)
-    # with a distractor: the two objects on opposite sides of the centre
-    psi = rng.uniform(0, 2 * np.pi, n)
-    off = size * rng.uniform(0.18, 0.24, n)
-    mcx, mcy = size / 2 + off * np.cos(psi), size / 2 + off * np.sin(psi)
-    dcx, dcy = size / 2 - off * np.cos(psi), size / 2 - off * np.sin(psi)
-    cx, cy = np.where(has_d, np.clip(mcx, radius, size - radius), cx), np.where(has_d, np.clip(mcy, radius, size - radius), cy)
-    dcx, dcy = np.clip(dcx, d_radius, size - d_radius), np.clip(dcy, d_radius, size - d_radius)
-    cue = np.zeros(n, dtype=bool)
-    if spurious is not None:
-        p = np.where(labels == spurious, spurious_prob, spurious_other_prob)
-        cue = rng.random(n) < p
-
-    images = torch.empty(n, 3, size, size)
-    masks = torch.empty(n, size, size, dtype=torch.bool)
-    d_masks = torch.zeros(n, size, size, dtype=torch.bool)
-    colours = np.zeros((n, 3), dtype=np.float32)
+    draws = _draw_objects(rng, n, k, size, background=background, distractor=distractor, scale=scale, rotate=rotate)
+    cue = _draw_cue(rng, draws.labels, spurious, spurious_prob, spurious_other_prob)
     side = max(3, size // 8)
-    cue_img = _cue_pattern(side)
-    for start in range(0, n, _CHUNK):
-        sl = slice(start, min(n, start + _CHUNK))
-        m = sl.stop - sl.start
-        img = _backgrounds(rng, kinds[sl], size)
-        idx_d = np.flatnonzero(has_d[sl])
-        if idx_d.size:
-            a_d = _render_alpha(names, d_label[sl][idx_d], dcx[sl][idx_d], dcy[sl][idx_d], d_radius[sl][idx_d],
-                                d_theta[sl][idx_d], size)
-            sub = img[torch.from_numpy(idx_d)]
-            _paint(sub, a_d, rng)
-            img[torch.from_numpy(idx_d)] = sub
-        alpha = _render_alpha(names, labels[sl], cx[sl], cy[sl], radius[sl], theta[sl], size)
-        colours[sl] = _paint(img, alpha, rng)
-        mask = alpha > 0.5
-        if idx_d.size:
-            dm = torch.zeros(m, size, size, dtype=torch.bool)
-            dm[torch.from_numpy(idx_d)] = a_d > 0.5
-            d_masks[sl] = dm & ~mask
-        idx_c = np.flatnonzero(cue[sl])
-        if idx_c.size:
-            t = torch.from_numpy(idx_c)
-            img[t, :, 1:1 + side, 1:1 + side] = cue_img
-            mask[t, 1:1 + side, 1:1 + side] = False
-            if idx_d.size:
-                d_masks[sl][t, 1:1 + side, 1:1 + side] = False
-        if noise > 0:
-            img.add_(torch.from_numpy(rng.normal(0, noise, (m, 3, size, size)).astype(np.float32)))
-        images[sl] = img.clamp_(0.0, 1.0)
-        masks[sl] = mask
-    cue_t = torch.from_numpy(cue)
-    cue_mask = torch.zeros(n, size, size, dtype=torch.bool)
-    cue_mask[cue_t, 1:1 + side, 1:1 + side] = True
-    info = {
-        "background": torch.from_numpy(kinds.astype(np.int64)),
-        "distractor_label": torch.from_numpy(d_label.astype(np.int64)),
-        "distractor_mask": d_masks,
-        "cue": cue_t,
-        "cue_mask": cue_mask,
-        "center": torch.from_numpy(np.stack([cx, cy], 1).astype(np.float32)),
-        "radius": torch.from_numpy(radius.astype(np.float32)),
-        "angle": torch.from_numpy(theta.astype(np.float32)),
-        "colour": torch.from_numpy(colours),
-    }
-    return ImageSet(images, torch.from_numpy(labels.astype(np.int64)), names, masks, info, name="shapes")
+    images, masks, d_masks, colours = _render_shapes(rng, names, draws, cue, size, noise, side)
+    info = _shapes_info(draws, cue, d_masks, colours, side)
+    return ImageSet(images, torch.from_numpy(draws.labels.astype(np.int64)), names, masks, info, name="shapes")
 
 
 # --------------------------------------------------------------------------- scenes
@@ -471,8 +564,7 @@ def scenes(n: int = 500, *, size: int = 64, seed: int = 0, classes: Sequence[str
     names = _resolve_classes(classes)
     background = _check_background(background)
     scale = check_range("scale", scale, low=0.05, high=1.0)
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 0.5:
-        raise ValueError(f"noise must be a float in [0, 0.5], got {noise!r}")
+    noise = _check_noise(noise)
     k = len(names)
     try:
         lo, hi = (int(v) for v in objects)
@@ -517,8 +609,7 @@ def scenes(n: int = 500, *, size: int = 64, seed: int = 0, classes: Sequence[str
             sub_cm[a > 0.5] = 0
             sub_cm += (a > 0.5).long() * torch.from_numpy(cls[sl][idx, j] + 1)[:, None, None]
             cm[t] = sub_cm
-        if noise > 0:
-            img.add_(torch.from_numpy(rng.normal(0, noise, (m, 3, size, size)).astype(np.float32)))
+        _add_noise(img, rng, noise)
         images[sl] = img.clamp_(0.0, 1.0)
         cmap[sl] = cm
     areas = torch.stack([(cmap == c + 1).sum((1, 2)) for c in range(k)], 1)  # [N, K]
