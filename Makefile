@@ -16,10 +16,14 @@ help:
 	@echo "make labs   - re-execute every lab in place (PROFILE=$(PROFILE))"
 	@echo "make site   - build the site from the committed notebooks only"
 
+# pip -qq: errors only. With -q, setuptools' "Editable installation" banner and warnings about the
+# machine's own pip configuration (find-links folders that do not exist) filled ~250 lines that a
+# user can do nothing about.
 $(STAMP): pyproject.toml
+	@echo "Installing labkit and its pinned dependencies into $(VENV) (a few minutes the first time) ..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[book,test]'
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq -e '.[book,test]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
