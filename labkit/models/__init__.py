@@ -39,6 +39,16 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return deco
 
 
+def register_class(name: str, cls: type[nn.Module], doc: str) -> None:
+    """Register ``cls`` itself as ``get_model(name, **kw)`` (its options are its constructor's)."""
+
+    def build(**kwargs: Any) -> nn.Module:
+        return cls(**kwargs)
+
+    build.__doc__, build.__name__ = doc, name
+    register_model(name)(build)
+
+
 def _load_all() -> None:
     global _loaded
     if _loaded:

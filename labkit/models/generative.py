@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .._checks import check_int
 
-from . import register_model
+from . import register_class, register_model
 
 __all__ = ["VAE", "MLPVAE", "ConvVAE"]
 
@@ -187,18 +187,6 @@ class ConvVAE(VAE):
         return self.decoder(self.decoder_head(z).view(len(z), *self._grid))
 
 
-@register_model("mlp_vae")
-def mlp_vae(**kwargs: object) -> MLPVAE:
-    """Fully connected VAE (Kingma & Welling 2014) for 28x28 digits (lab 07); options of :class:`MLPVAE`."""
-    return MLPVAE(**kwargs)  # type: ignore[arg-type]
-
-
-@register_model("conv_vae")
-def conv_vae(**kwargs: object) -> ConvVAE:
-    """Convolutional VAE for 28x28 digits (lab 07); options of :class:`ConvVAE`."""
-    return ConvVAE(**kwargs)  # type: ignore[arg-type]
-
-
 @register_model("cvae")
 def cvae(*, arch: str = "mlp", num_classes: int = 10, **kwargs: object) -> VAE:
     """Conditional VAE (Sohn et al. 2015) on one-hot labels: ``arch="mlp"`` or ``"conv"`` (lab 07)."""
@@ -254,6 +242,20 @@ def _gan_label(y: Tensor | None, num_classes: int, batch: int, device: torch.dev
     return F.one_hot(y.to(device), num_classes).float()
 
 
+def _halving_widths(widths: Sequence[int], shape: tuple[int, int, int], name: str,
+                    example: str) -> tuple[list[int], int]:
+    """The DCGAN blocks' widths, checked, and ``2 ** len(widths)``: each block halves (or doubles) the
+    side, so ``shape``'s height and width must be divisible by it."""
+    if not widths:
+        raise ValueError(f"widths must list at least one width, e.g. {example}")
+    widths = [check_int(w, f"widths[{i}]", low=1) for i, w in enumerate(widths)]
+    factor = 2 ** len(widths)
+    if shape[1] % factor or shape[2] % factor:
+        raise ValueError(f"{name} {shape}: height and width must be divisible by 2**len(widths) = "
+                         f"{factor}; use fewer widths")
+    return widths, factor
+
+
 class DCGANGenerator(nn.Module):
     """DCGAN generator: ``z [B, latent_dim]`` (+ one-hot label) -> images ``[B, C, H, W]`` in [0, 1].
 
@@ -271,14 +273,8 @@ class DCGANGenerator(nn.Module):
         self.latent_dim = check_int(latent_dim, "latent_dim", low=1)
         self.out_shape = _shape(tuple(out_shape) if isinstance(out_shape, list) else out_shape)
         self.num_classes = _gan_classes(num_classes)
-        if not widths:
-            raise ValueError("widths must list at least one width, e.g. (64, 32)")
-        widths = [check_int(w, f"widths[{i}]", low=1) for i, w in enumerate(widths)]
+        widths, factor = _halving_widths(widths, self.out_shape, "out_shape", "(64, 32)")
         c, h, w = self.out_shape
-        factor = 2 ** len(widths)
-        if h % factor or w % factor:
-            raise ValueError(f"out_shape {self.out_shape}: height and width must be divisible by 2**len(widths) = "
-                             f"{factor}; use fewer widths")
         self._grid = (widths[0], h // factor, w // factor)
         flat = widths[0] * (h // factor) * (w // factor)
         self.project = nn.Sequential(nn.Linear(self.latent_dim + self.num_classes, flat), nn.BatchNorm1d(flat),
@@ -325,14 +321,8 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         self.in_shape = _shape(tuple(in_shape) if isinstance(in_shape, list) else in_shape)
         self.num_classes = _gan_classes(num_classes)
-        if not widths:
-            raise ValueError("widths must list at least one width, e.g. (32, 64)")
-        widths = [check_int(w, f"widths[{i}]", low=1) for i, w in enumerate(widths)]
+        widths, factor = _halving_widths(widths, self.in_shape, "in_shape", "(32, 64)")
         c, h, w = self.in_shape
-        factor = 2 ** len(widths)
-        if h % factor or w % factor:
-            raise ValueError(f"in_shape {self.in_shape}: height and width must be divisible by 2**len(widths) = "
-                             f"{factor}; use fewer widths")
         layers: list[nn.Module] = []
         prev = c + self.num_classes
         for i, width in enumerate(widths):
@@ -370,13 +360,12 @@ class DCGANDiscriminator(nn.Module):
         return f"in_shape={self.in_shape}, num_classes={self.num_classes}, projection={self.embed is not None}"
 
 
-@register_model("dcgan_generator")
-def dcgan_generator(**kwargs: object) -> DCGANGenerator:
-    """DCGAN generator (Radford et al. 2016), conditional with ``num_classes=K`` (lab 10); see :class:`DCGANGenerator`."""
-    return DCGANGenerator(**kwargs)  # type: ignore[arg-type]
-
-
-@register_model("dcgan_discriminator")
-def dcgan_discriminator(**kwargs: object) -> DCGANDiscriminator:
-    """DCGAN discriminator (Radford et al. 2016), conditional with ``num_classes=K`` (lab 10)."""
-    return DCGANDiscriminator(**kwargs)  # type: ignore[arg-type]
+register_class("mlp_vae", MLPVAE,
+               "Fully connected VAE (Kingma & Welling 2014) for 28x28 digits (lab 07); options of :class:`MLPVAE`.")
+register_class("conv_vae", ConvVAE,
+               'Convolutional VAE for 28x28 digits (lab 07); options of :class:`ConvVAE`.')
+register_class("dcgan_generator", DCGANGenerator,
+               "DCGAN generator (Radford et al. 2016), conditional with ``num_classes=K`` (lab 10); "
+               "see :class:`DCGANGenerator`.")
+register_class("dcgan_discriminator", DCGANDiscriminator,
+               'DCGAN discriminator (Radford et al. 2016), conditional with ``num_classes=K`` (lab 10).')

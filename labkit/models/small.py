@@ -19,6 +19,12 @@ from . import register_model
 __all__ = ["SmallCNN", "MLP", "ZFNet"]
 
 
+def _check_sizes(**sizes: object) -> None:
+    """Each keyword is a layer size or count that must be an int >= 1."""
+    for name, value in sizes.items():
+        check_int(value, name, low=1)
+
+
 class SmallCNN(nn.Module):
     """VGG-style CNN: blocks of 3x3 conv + ReLU (+ BN) + 2x2 max-pool, then a small MLP head.
 
@@ -31,11 +37,8 @@ class SmallCNN(nn.Module):
                  first_kernel: int = 3, first_stride: int = 1, global_pool: bool = True,
                  input_size: int = 32) -> None:
         super().__init__()
-        check_int(in_channels, "in_channels", low=1)
-        check_int(num_classes, "num_classes", low=1)
-        check_int(hidden, "hidden", low=1)
-        check_int(first_kernel, "first_kernel", low=1)
-        check_int(first_stride, "first_stride", low=1)
+        _check_sizes(in_channels=in_channels, num_classes=num_classes, hidden=hidden, first_kernel=first_kernel,
+                     first_stride=first_stride)
         if not widths:
             raise ValueError("widths must name at least one conv block, e.g. (16, 32, 64)")
         if not 0.0 <= dropout < 1.0:
@@ -101,11 +104,8 @@ class ZFNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 10, *, widths: Sequence[int] = (32, 48, 64),
                  hidden: int = 64, first_kernel: int = 7, first_stride: int = 2, init: str = "he") -> None:
         super().__init__()
-        check_int(in_channels, "in_channels", low=1)
-        check_int(num_classes, "num_classes", low=1)
-        check_int(hidden, "hidden", low=1)
-        check_int(first_kernel, "first_kernel", low=1)
-        check_int(first_stride, "first_stride", low=1)
+        _check_sizes(in_channels=in_channels, num_classes=num_classes, hidden=hidden, first_kernel=first_kernel,
+                     first_stride=first_stride)
         if len(widths) != 3:
             raise ValueError(f"widths must give the three conv layers' channels, e.g. (32, 48, 64), got {widths!r}")
         c1, c2, c3 = (check_int(w, f"widths[{i}]", low=1) for i, w in enumerate(widths))
