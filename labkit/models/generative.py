@@ -40,6 +40,23 @@ def _shape(in_shape: object) -> tuple[int, int, int]:
     return tuple(in_shape)  # type: ignore[return-value]
 
 
+def _label_one_hot(y: Tensor | None, num_classes: int, batch: int, device: torch.device, who: str) -> Tensor | None:
+    """The one-hot labels ``y`` of a conditional model (``who``: the model, for the messages), else None."""
+    if num_classes == 0:
+        if y is not None:
+            raise ValueError(f"y was given to an unconditional {who} (num_classes=0); drop it or build the "
+                             "model with num_classes=K")
+        return None
+    if y is None:
+        raise ValueError(f"this {who} is conditional (num_classes={num_classes}): pass the labels y")
+    if not isinstance(y, Tensor) or y.dtype != torch.long or y.shape != (batch,):
+        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"y must be an int64 tensor of shape ({batch},) with one label per row, got {got}")
+    if bool(((y < 0) | (y >= num_classes)).any()):
+        raise ValueError(f"y holds labels outside 0..{num_classes - 1}")
+    return F.one_hot(y.to(device), num_classes).float()
+
+
 class VAE(nn.Module):
     """Common interface of the course's VAEs; subclasses build ``encoder`` / ``decoder`` parts.
 
@@ -51,24 +68,9 @@ class VAE(nn.Module):
     latent_dim: int
     num_classes: int
 
-    def _one_hot(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
-        if self.num_classes == 0:
-            if y is not None:
-                raise ValueError("y was given to an unconditional VAE (num_classes=0); drop it or build the "
-                                 "model with num_classes=K")
-            return None
-        if y is None:
-            raise ValueError(f"this VAE is conditional (num_classes={self.num_classes}): pass the labels y")
-        if not isinstance(y, Tensor) or y.dtype != torch.long or y.shape != (batch,):
-            got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
-            raise ValueError(f"y must be an int64 tensor of shape ({batch},) with one label per row, got {got}")
-        if bool(((y < 0) | (y >= self.num_classes)).any()):
-            raise ValueError(f"y holds labels outside 0..{self.num_classes - 1}")
-        return F.one_hot(y.to(device), self.num_classes).float()
-
     def _with_label(self, h: Tensor, y: Tensor | None) -> Tensor:
         """``h`` [B, F], with the one-hot label appended for a conditional model (unchanged otherwise)."""
-        onehot = self._one_hot(y, len(h), h.device)
+        onehot = _label_one_hot(y, self.num_classes, len(h), h.device, "VAE")
         return h if onehot is None else torch.cat([h, onehot], 1)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -226,22 +228,6 @@ def _gan_classes(num_classes: object) -> int:
     return num_classes
 
 
-def _gan_label(y: Tensor | None, num_classes: int, batch: int, device: torch.device, who: str) -> Tensor | None:
-    if num_classes == 0:
-        if y is not None:
-            raise ValueError(f"y was given to an unconditional {who} (num_classes=0); drop it or build the "
-                             "model with num_classes=K")
-        return None
-    if y is None:
-        raise ValueError(f"this {who} is conditional (num_classes={num_classes}): pass the labels y")
-    if not isinstance(y, Tensor) or y.dtype != torch.long or y.shape != (batch,):
-        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"y must be an int64 tensor of shape ({batch},) with one label per row, got {got}")
-    if bool(((y < 0) | (y >= num_classes)).any()):
-        raise ValueError(f"y holds labels outside 0..{num_classes - 1}")
-    return F.one_hot(y.to(device), num_classes).float()
-
-
 def _halving_widths(widths: Sequence[int], shape: tuple[int, int, int], name: str,
                     example: str) -> tuple[list[int], int]:
     """The DCGAN blocks' widths, checked, and ``2 ** len(widths)``: each block halves (or doubles) the
@@ -294,7 +280,7 @@ class DCGANGenerator(nn.Module):
         if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != self.latent_dim:
             got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
             raise ValueError(f"z must be a [B, {self.latent_dim}] tensor of noise, got {got}")
-        onehot = _gan_label(y, self.num_classes, len(z), z.device, "generator")
+        onehot = _label_one_hot(y, self.num_classes, len(z), z.device, "generator")
         if onehot is not None:
             z = torch.cat([z, onehot], 1)
         h = self.project(z).view(len(z), *self._grid)
@@ -347,7 +333,7 @@ class DCGANDiscriminator(nn.Module):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x must be a [B, {', '.join(map(str, self.in_shape))}] batch of images, got {got}")
         h = 2.0 * x - 1.0
-        onehot = _gan_label(y, self.num_classes, len(x), x.device, "discriminator")
+        onehot = _label_one_hot(y, self.num_classes, len(x), x.device, "discriminator")
         if onehot is not None:
             h = torch.cat([h, onehot[:, :, None, None].expand(-1, -1, *self.in_shape[1:])], 1)
         features = self.features(h)
