@@ -8,16 +8,13 @@
   the whole set, plus the boundary F1 score of ``lk.boundary_f1`` and the per-class IoU.
 - :func:`segment_target`: a callable target ``f(output) -> [B]`` (the summed score of a class
   over a region) for area Grad-CAM / saliency on a dense output (``lk.grad_cam(..., target=...)``).
-- :func:`label_to_rgb`: colour a label map for display; :func:`photo_scenes`: ``lk.scenes`` objects
-  composited on crops of real photographs (BSDS500, Arbelaez et al. 2011) for the real-data mode.
+- :func:`label_to_rgb`: colour a label map for display. The real-data mode's scenes on photographs
+  (``lk.photo_scenes``) live with the other data sets, in labkit.datasets.real.
 """
 
 from __future__ import annotations
 
-import copy
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -35,7 +32,7 @@ from .progress import EpochProgress
 from .training import Curves, run_epochs, to_training_device
 
 __all__ = ["SegHistory", "train_segmentation", "predict_segmentation", "evaluate_segmentation", "segment_target",
-           "label_to_rgb", "photo_scenes", "per_class_iou", "SEGMENTATION_PALETTE",
+           "label_to_rgb", "per_class_iou", "SEGMENTATION_PALETTE",
            # the models (defined in labkit.models.segmentation), re-exported as lk.FCN, lk.bilinear_kernel, ...
            "FCN", "VGGEncoder", "ResNetEncoder", "TorchvisionEncoder", "EfficientNetEncoder", "EncoderClassifier",
            "bilinear_kernel", "bilinear_upsampler"]
@@ -308,56 +305,3 @@ def label_to_rgb(labels: Tensor, *, palette: Sequence[Sequence[float]] = SEGMENT
     pal = torch.tensor([list(c) for c in palette], dtype=torch.float32)
     rgb = pal[labels.long().cpu() % len(pal)]  # [..., H, W, 3]
     return rgb.movedim(-1, -3).contiguous()
-
-
-def _bsds_paths(root: Path, split: str) -> list[Path]:
-    from .storage import DataNotFoundError
-
-    folder = root / "BSDS500" / "images" / split
-    paths = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
-    if not paths:
-        raise DataNotFoundError(
-            "BSDS500", [folder / "*.jpg"],
-            "lab 08's real mode composites shapes on BSDS500 photos. Copy them from the course mirror: "
-            f"`mkdir -p {root}/BSDS500 && cp -r ../shared/datasets/BSDS500/images {root}/BSDS500/` "
-            "or set LABKIT_DATA to a copy of the mirror.")
-    return paths
-
-
-def photo_scenes(n: int = 500, *, size: int = 64, seed: int = 0, split: str = "train",
-                 root: str | os.PathLike | None = None, **scene_options: Any) -> Any:
-    """``lk.scenes`` whose background pixels (class 0) are replaced by random crops of BSDS500 photos.
-
-    Real photographs as clutter (Arbelaez et al. 2011, the course mirror's ``BSDS500/images/<split>``);
-    the objects, masks and labels are those of ``lk.scenes(n, size=size, seed=seed, **scene_options)``.
-    Crops cover 40-100 % of the photo's shorter side, resized to ``size``. Lab 08's real-data mode.
-    """
-    from .datasets import scenes
-    from .storage import data_root
-
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-    base = scenes(n, size=size, seed=seed, **scene_options)
-    paths = _bsds_paths(Path(root) if root is not None else data_root(), split)
-    rng = np.random.default_rng(seed + 7919)
-    from PIL import Image
-
-    pick = rng.integers(0, len(paths), n)
-    photos = torch.empty(n, 3, size, size)
-    cache: dict[int, Tensor] = {}
-    for i, j in enumerate(pick.tolist()):
-        if j not in cache:
-            with Image.open(paths[j]) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-            cache[j] = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-        img = cache[j]
-        hh, ww = img.shape[-2:]
-        side = int(min(hh, ww) * rng.uniform(0.4, 1.0))
-        top, left = int(rng.integers(0, hh - side + 1)), int(rng.integers(0, ww - side + 1))
-        crop = img[:, top:top + side, left:left + side][None]
-        photos[i] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-    images = torch.where((base.masks == 0)[:, None], photos.clamp(0, 1), base.images)
-    out = copy.copy(base)
-    out.images = images
-    out.name = f"photo_scenes-{split}"
-    return out

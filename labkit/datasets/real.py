@@ -16,12 +16,13 @@ looked for and how to provide them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from .base import ImageSet
 __all__ = [
     "mnist",
     "mnist_m",
+    "photo_scenes",
     "hymenoptera",
     "imagenet_samples",
     "IMAGENET_MEAN",
@@ -161,17 +163,58 @@ def mnist(train: bool = True, *, root: str | os.PathLike | None = None, limit: i
 
 
 # --------------------------------------------------------------------------- MNIST-M
-def _bsds_train_paths(root: Path) -> list[Path]:
-    folder = root / "BSDS500" / "images" / "train"
+def bsds_paths(root: Path, split: str, *, name: str, why: str) -> list[Path]:
+    """The BSDS500 photos of ``split`` under ``root`` (sorted), or a DataNotFoundError for the data set
+    ``name`` that says ``why`` it needs them and how to copy them from the course mirror."""
+    folder = root / "BSDS500" / "images" / split
     paths = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
     if not paths:
         raise DataNotFoundError(
-            "mnist_m", [folder / "*.jpg"],
-            "MNIST-M is built from MNIST and the BSDS500 train images. Copy them from the course mirror: "
-            f"`mkdir -p {root}/BSDS500/images && cp -r ../shared/datasets/BSDS500/images/train {root}/BSDS500/images/` "
-            f"(or `labkit data --from-mirror ../shared/datasets --root {root}`), or set LABKIT_DATA to a writable "
-            "copy of the mirror.")
+            name, [folder / "*.jpg"],
+            f"{why} Copy them from the course mirror: `mkdir -p {root}/BSDS500/images && cp -r "
+            f"../shared/datasets/BSDS500/images/{split} {root}/BSDS500/images/` (or `labkit data --from-mirror "
+            f"../shared/datasets --root {root}`), or set LABKIT_DATA to a writable copy of the mirror.")
     return paths
+
+
+def photo_scenes(n: int = 500, *, size: int = 64, seed: int = 0, split: str = "train",
+                 root: str | os.PathLike | None = None, **scene_options: Any) -> Any:
+    """``lk.scenes`` whose background pixels (class 0) are replaced by random crops of BSDS500 photos.
+
+    Real photographs as clutter (Arbelaez et al. 2011, the course mirror's ``BSDS500/images/<split>``);
+    the objects, masks and labels are those of ``lk.scenes(n, size=size, seed=seed, **scene_options)``.
+    Crops cover 40-100 % of the photo's shorter side, resized to ``size``. Lab 08's real-data mode.
+    """
+    from ._shapes import scenes
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    base = scenes(n, size=size, seed=seed, **scene_options)
+    paths = bsds_paths(Path(root) if root is not None else data_root(), split, name="BSDS500",
+                       why="lab 08's real mode composites shapes on BSDS500 photos.")
+    from PIL import Image
+
+    rng = np.random.default_rng(seed + 7919)
+
+    pick = rng.integers(0, len(paths), n)
+    photos = torch.empty(n, 3, size, size)
+    cache: dict[int, Tensor] = {}
+    for i, j in enumerate(pick.tolist()):
+        if j not in cache:
+            with Image.open(paths[j]) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            cache[j] = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        img = cache[j]
+        hh, ww = img.shape[-2:]
+        side = int(min(hh, ww) * rng.uniform(0.4, 1.0))
+        top, left = int(rng.integers(0, hh - side + 1)), int(rng.integers(0, ww - side + 1))
+        crop = img[:, top:top + side, left:left + side][None]
+        photos[i] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    images = torch.where((base.masks == 0)[:, None], photos.clamp(0, 1), base.images)
+    out = copy.copy(base)
+    out.images = images
+    out.name = f"photo_scenes-{split}"
+    return out
 
 
 def _mnist_m_cache(root: Path, train: bool, seed: int) -> Path:
@@ -196,7 +239,7 @@ def _mnist_m_plan(n_total: int, sizes: np.ndarray, train: bool, seed: int) -> tu
 def _build_mnist_m(train: bool, root: Path, seed: int, n: int | None) -> dict:
     from PIL import Image
 
-    paths = _bsds_train_paths(root)
+    paths = bsds_paths(root, "train", name="mnist_m", why="MNIST-M is built from MNIST and the BSDS500 train images.")
     digits, labels = _mnist_uint8(train, root, "mnist (needed by mnist_m)")
     photos = [np.asarray(Image.open(p).convert("RGB")) for p in paths]  # each loaded once
     sizes = np.array([ph.shape[:2] for ph in photos])
