@@ -40,6 +40,8 @@ from .hooks import _layer_key, capture, eval_mode, get_layer, relu_rule
 
 __all__ = [
     "resolve_target",
+    "segment_target",
+    "region_target",
     "saliency",
     "gradient_x_input",
     "smoothgrad",
@@ -164,6 +166,61 @@ def resolve_target(output: object, target: Target, *, batch: int | None = None, 
         return scores
     idx = _class_index(output, target, fn)
     return output.gather(1, idx[:, None]).squeeze(1)
+
+
+# Callable targets for dense outputs: the summed score of an area (area Grad-CAM / saliency).
+def segment_target(class_index: int, region: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """A target ``f(output) -> [B]``: the score of class ``class_index`` summed over ``region``.
+
+    ``region``: a boolean (or 0/1) mask ``[H, W]`` or ``[B, H, W]`` (e.g. the predicted pixels of
+    a segment); ``None`` sums over the whole image. Pass it as ``target=`` to ``lk.grad_cam`` or
+    ``lk.saliency`` to explain a segment of a dense output (area Grad-CAM). Used in labs 06, 08.
+    """
+    if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)) or class_index < 0:
+        raise ValueError(f"class_index must be an int >= 0, got {class_index!r}")
+    k = int(class_index)
+    if region is not None:
+        if not isinstance(region, Tensor) or region.dim() not in (2, 3):
+            raise ValueError("region must be a mask tensor [H, W] or [B, H, W], got "
+                             f"{tuple(region.shape) if isinstance(region, Tensor) else type(region).__name__}")
+        region = region.detach().float()
+
+    def target(output: Tensor) -> Tensor:
+        if not isinstance(output, Tensor) or output.dim() != 4:
+            raise ValueError(f"segment_target needs dense scores [B, K, H, W], got "
+                             f"{tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__}")
+        if k >= output.shape[1]:
+            raise ValueError(f"class_index={k} is out of range for {output.shape[1]} classes")
+        s = output[:, k]
+        if region is None:
+            return s.sum((1, 2))
+        r = region.to(s.device)
+        if r.shape[-2:] != s.shape[-2:]:
+            raise ValueError(f"region is {tuple(r.shape[-2:])} but the output is {tuple(s.shape[-2:])}")
+        return (s * r).sum((1, 2))
+
+    return target
+
+
+def region_target(top: int, left: int, height: int, width: int) -> Callable[[Tensor], Tensor]:
+    """A target for the explainers: ``output -> output[:, :, top:top+height, left:left+width]`` summed per image.
+
+    Explains a *region* of a dense output (a reconstruction, a segmentation score map): "area"
+    guided backprop or Grad-CAM. Lab 07.
+    """
+    fn = "region_target"
+    top, left = check_int(top, "top", fn, low=0), check_int(left, "left", fn, low=0)
+    height, width = check_int(height, "height", fn, low=1), check_int(width, "width", fn, low=1)
+
+    def target(output: Tensor) -> Tensor:
+        if output.dim() != 4:
+            raise ValueError(f"region_target: the output must be dense [B, C, H, W], got {tuple(output.shape)}")
+        if top + height > output.shape[2] or left + width > output.shape[3]:
+            raise ValueError(f"region_target: the region rows {top}:{top + height}, cols {left}:{left + width} "
+                             f"leaves the output of size {tuple(output.shape[2:])}")
+        return output[:, :, top:top + height, left:left + width].sum(dim=(1, 2, 3))
+
+    return target
 
 
 def _row_targets(output: Tensor, target: Target, fn: str) -> Target:

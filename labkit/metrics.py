@@ -19,8 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_int
+from .embeddings import extract_features
+from .training import predict
+
 __all__ = [
     "cascading_randomization",
+    "feature_statistics",
+    "gaussian_frechet_distance",
+    "frechet_distance",
+    "classifier_fid",
+    "class_histogram",
+    "class_coverage",
     "centered_gaussian_maps",
     "accuracy",
     "confusion_matrix",
@@ -677,6 +687,149 @@ def threshold_mask(maps: Tensor, *, fraction: float | None = None, quantile: flo
         raise ValueError(f"quantile must lie in [0, 1], got {quantile!r}")
     q = torch.quantile(flat.float(), float(quantile), dim=1, keepdim=True)
     return (flat >= q).reshape(b, h, w)
+
+
+# --------------------------------------------------------------------------- generative models: Frechet distance, class coverage (lab 10)
+def _feature_rows(x: object, name: str, fn: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        try:
+            import numpy as np
+
+            if isinstance(x, np.ndarray):
+                x = torch.from_numpy(x)
+        except ImportError:  # pragma: no cover
+            pass
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{fn}: {name} must be a tensor of features [N, D], got {type(x).__name__}")
+    if x.dim() != 2 or len(x) < 2:
+        raise ValueError(f"{fn}: {name} must be [N, D] with N >= 2 samples (one row each), got shape {tuple(x.shape)}")
+    x = x.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{fn}: {name} holds NaN or infinite values")
+    return x
+
+
+def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean ``[D]`` and covariance ``[D, D]`` (unbiased, N - 1) of ``features [N, D]``, in float64. Lab 10."""
+    f = _feature_rows(features, "features", "feature_statistics")
+    mu = f.mean(0)
+    centred = f - mu
+    return mu, centred.T @ centred / (len(f) - 1)
+
+
+def _sqrt_psd(m: Tensor) -> Tensor:
+    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def gaussian_frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> float:
+    """Squared Frechet (2-Wasserstein) distance between ``N(mu1, cov1)`` and ``N(mu2, cov2)``:
+
+    ``|mu1 - mu2|^2 + tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2))`` (Dowson & Landau 1982; the FID of
+    Heusel et al. 2017). The trace of the matrix square root is computed as the sum of the square
+    roots of the eigenvalues of ``cov1^(1/2) cov2 cov1^(1/2)`` (symmetric, positive semi-definite),
+    which stays real and stable for the singular covariances of small samples. Lab 10.
+    """
+    fn = "gaussian_frechet_distance"
+    tensors = []
+    for name, t in (("mu1", mu1), ("cov1", cov1), ("mu2", mu2), ("cov2", cov2)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{fn}: {name} must be a tensor, got {type(t).__name__}")
+        tensors.append(t.detach().to("cpu", torch.float64))
+    mu1, cov1, mu2, cov2 = tensors
+    d = mu1.numel()
+    if mu1.shape != (d,) or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
+        raise ValueError(f"{fn}: expected means [D] and covariances [D, D] of one D, got {tuple(mu1.shape)}, "
+                         f"{tuple(cov1.shape)}, {tuple(mu2.shape)}, {tuple(cov2.shape)}")
+    root1 = _sqrt_psd(cov1)
+    middle = root1 @ cov2 @ root1
+    tr_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    value = (mu1 - mu2).pow(2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * tr_sqrt
+    return max(float(value), 0.0)
+
+
+def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets ``[N_a, D]`` and ``[N_b, D]``.
+
+    With the features of a fixed network this is the FID of Heusel et al. (2017): 0 for identical
+    sets, growing when the means move apart or the spreads differ. It is biased upwards for small
+    samples, so compare values computed with the same sample sizes (lab 10 reports a real-vs-real
+    baseline). Lab 10.
+    """
+    fn = "frechet_distance"
+    a = _feature_rows(feats_a, "feats_a", fn)
+    b = _feature_rows(feats_b, "feats_b", fn)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{fn}: feats_a has {a.shape[1]} features per row but feats_b has {b.shape[1]}; "
+                         "extract both at the same layer")
+    return gaussian_frechet_distance(*feature_statistics(a), *feature_statistics(b))
+
+
+def classifier_fid(classifier: nn.Module, images_a: Tensor, images_b: Tensor, *, layer: str,
+                   batch_size: int = 500) -> float:
+    """FID between two image sets in the feature space of ``classifier`` at ``layer``.
+
+    Heusel et al. (2017) use Inception-v3's pool features on ImageNet-like images; for 28x28
+    digits a small classifier trained on the real digits plays that role (e.g. ``layer=
+    "classifier.2"``, the penultimate ReLU of ``lk.get_model("digit_cnn")``). Features come from
+    ``lk.extract_features`` (eval mode, restored). Lab 10.
+    """
+    fn = "classifier_fid"
+    if not isinstance(classifier, nn.Module):
+        raise TypeError(f"{fn}: classifier must be an nn.Module, got {type(classifier).__name__}")
+    for name, t in (("images_a", images_a), ("images_b", images_b)):
+        if not isinstance(t, Tensor) or t.dim() != 4:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{fn}: {name} must be an [N, C, H, W] image tensor, got {got}")
+    fa, _ = extract_features(classifier, images_a, layer, batch_size=batch_size)
+    fb, _ = extract_features(classifier, images_b, layer, batch_size=batch_size)
+    return frechet_distance(fa, fb)
+
+
+# --------------------------------------------------------------------------- mode collapse
+def class_histogram(classifier: nn.Module, images: Tensor, *, num_classes: int | None = None,
+                    batch_size: int = 500) -> Tensor:
+    """How many of ``images`` the classifier assigns to each class: int64 counts ``[K]``.
+
+    ``K`` is ``num_classes`` or the classifier's number of outputs. A GAN that covers the data
+    gives roughly the data's class proportions; a collapsed one piles its samples on a few
+    classes (Salimans et al. 2016 discuss this "mode collapse"). Lab 10.
+    """
+    fn = "class_histogram"
+    if not isinstance(classifier, nn.Module):
+        raise TypeError(f"{fn}: classifier must be an nn.Module, got {type(classifier).__name__}")
+    if not isinstance(images, Tensor) or images.dim() != 4 or len(images) == 0:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"{fn}: images must be a non-empty [N, C, H, W] tensor, got {got}")
+    logits = predict(classifier, images, batch_size=check_int(batch_size, "batch_size", fn, low=1))
+    k = logits.shape[1] if num_classes is None else check_int(num_classes, "num_classes", fn, low=1)
+    if k < logits.shape[1]:
+        raise ValueError(f"{fn}: num_classes={k} but the classifier has {logits.shape[1]} outputs")
+    return torch.bincount(logits.argmax(1), minlength=k)
+
+
+def class_coverage(counts: Tensor, *, min_share: float | None = None) -> float:
+    """Share of the classes that hold at least ``min_share`` of the samples, from a class histogram.
+
+    ``counts``: the ``[K]`` histogram of :func:`class_histogram`. ``min_share`` defaults to a
+    quarter of the uniform share, ``0.25 / K`` (25 of 1,000 samples for 10 classes), so that a
+    handful of stray samples does not count as covering a class. 1.0: every class is produced;
+    0.1 of 10 classes: the generator collapsed onto one. Lab 10.
+    """
+    fn = "class_coverage"
+    if not isinstance(counts, Tensor) or counts.dim() != 1 or len(counts) == 0:
+        got = tuple(counts.shape) if isinstance(counts, Tensor) else type(counts).__name__
+        raise ValueError(f"{fn}: counts must be a 1-D histogram [K] (see class_histogram), got {got}")
+    counts = counts.detach().to("cpu", torch.float64)
+    if bool((counts < 0).any()) or float(counts.sum()) <= 0:
+        raise ValueError(f"{fn}: counts must be non-negative with a positive total")
+    k = len(counts)
+    if min_share is None:
+        min_share = 0.25 / k
+    if isinstance(min_share, bool) or not isinstance(min_share, (int, float)) or not 0 <= min_share <= 1:
+        raise ValueError(f"{fn}: min_share must be a fraction in [0, 1], got {min_share!r}")
+    shares = counts / counts.sum()
+    return float((shares >= min_share).double().mean()) if min_share > 0 else float((counts > 0).double().mean())
 
 
 # --------------------------------------------------------------------------- baselines

@@ -6,8 +6,8 @@
 - :func:`predict_segmentation`, :func:`evaluate_segmentation`: label maps and the paper's scores
   (pixel accuracy, mean accuracy, mean IU, frequency-weighted IU) from one confusion matrix over
   the whole set, plus the boundary F1 score of ``lk.boundary_f1`` and the per-class IoU.
-- :func:`segment_target`: a callable target ``f(output) -> [B]`` (the summed score of a class
-  over a region) for area Grad-CAM / saliency on a dense output (``lk.grad_cam(..., target=...)``).
+- area Grad-CAM / saliency of a segment: ``target=lk.segment_target(k, region)`` (the explainers'
+  targets live in :mod:`labkit.attribution`).
 - :func:`label_to_rgb`: colour a label map for display. The real-data mode's scenes on photographs
   (``lk.photo_scenes``) live with the other data sets, in labkit.datasets.real.
 """
@@ -15,9 +15,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,7 +30,7 @@ from .metrics import boundary_f1, confusion_matrix, segmentation_scores
 from .progress import EpochProgress
 from .training import Curves, run_epochs, to_training_device
 
-__all__ = ["SegHistory", "train_segmentation", "predict_segmentation", "evaluate_segmentation", "segment_target",
+__all__ = ["SegHistory", "train_segmentation", "predict_segmentation", "evaluate_segmentation",
            "label_to_rgb", "per_class_iou", "SEGMENTATION_PALETTE",
            # the models (defined in labkit.models.segmentation), re-exported as lk.FCN, lk.bilinear_kernel, ...
            "FCN", "VGGEncoder", "ResNetEncoder", "TorchvisionEncoder", "EfficientNetEncoder", "EncoderClassifier",
@@ -263,38 +262,6 @@ def evaluate_segmentation(model: nn.Module, data: Any, *, num_classes: int | Non
     return out
 
 
-# --------------------------------------------------------------------------- explanation target
-def segment_target(class_index: int, region: Tensor | None = None) -> Callable[[Tensor], Tensor]:
-    """A target ``f(output) -> [B]``: the score of class ``class_index`` summed over ``region``.
-
-    ``region``: a boolean (or 0/1) mask ``[H, W]`` or ``[B, H, W]`` (e.g. the predicted pixels of
-    a segment); ``None`` sums over the whole image. Pass it as ``target=`` to ``lk.grad_cam`` or
-    ``lk.saliency`` to explain a segment of a dense output (area Grad-CAM). Used in labs 06, 08.
-    """
-    if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)) or class_index < 0:
-        raise ValueError(f"class_index must be an int >= 0, got {class_index!r}")
-    k = int(class_index)
-    if region is not None:
-        if not isinstance(region, Tensor) or region.dim() not in (2, 3):
-            raise ValueError("region must be a mask tensor [H, W] or [B, H, W], got "
-                             f"{tuple(region.shape) if isinstance(region, Tensor) else type(region).__name__}")
-        region = region.detach().float()
-
-    def target(output: Tensor) -> Tensor:
-        if not isinstance(output, Tensor) or output.dim() != 4:
-            raise ValueError(f"segment_target needs dense scores [B, K, H, W], got "
-                             f"{tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__}")
-        if k >= output.shape[1]:
-            raise ValueError(f"class_index={k} is out of range for {output.shape[1]} classes")
-        s = output[:, k]
-        if region is None:
-            return s.sum((1, 2))
-        r = region.to(s.device)
-        if r.shape[-2:] != s.shape[-2:]:
-            raise ValueError(f"region is {tuple(r.shape[-2:])} but the output is {tuple(s.shape[-2:])}")
-        return (s * r).sum((1, 2))
-
-    return target
 
 
 # --------------------------------------------------------------------------- display and data

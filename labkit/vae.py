@@ -9,8 +9,9 @@
 - :func:`latent_means`, :func:`kl_per_dimension` (active latent units), :func:`decode_latents`, :func:`sample_vae`, :func:`decode_grid` (the 2-D
   manifold of the paper's Fig. 4), :func:`interpolate`, :func:`impute` (hidden pixels filled in by
   iterating the autoencoder or by optimizing z), :func:`add_noise`.
-- :class:`Reconstructor` and :func:`region_target`: a VAE seen as an image-to-image network, so
-  that ``lk.guided_backprop`` / ``lk.grad_cam`` explain a region of the reconstruction.
+- :class:`Reconstructor`: a VAE seen as an image-to-image network, so that ``lk.guided_backprop`` /
+  ``lk.grad_cam`` explain a region of the reconstruction (``target=lk.region_target(...)``, one of
+  the explainers' targets in :mod:`labkit.attribution`).
 
 The models (``lk.get_model("mlp_vae" | "conv_vae" | "cvae")``) live in ``labkit/models/generative.py``;
 they follow the interface ``encode(x, y) -> (mu, logvar)``, ``decode(z, y) -> logits``.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ from .training import Curves, run_epochs, to_training_device
 
 __all__ = ["LIKELIHOODS", "ELBO", "VAEHistory", "kl_divergence", "reparameterize", "reconstruction_nll",
            "elbo_loss", "train_vae", "evaluate_elbo", "latent_means", "kl_per_dimension", "decode_latents", "sample_vae",
-           "decode_grid", "interpolate", "impute", "add_noise", "Reconstructor", "region_target"]
+           "decode_grid", "interpolate", "impute", "add_noise", "Reconstructor"]
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 _IMPUTE_METHODS = ("iterate", "optimize")
@@ -565,24 +566,3 @@ class Reconstructor(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.vae.decode(self.vae.encode(x)[0]))
-
-
-def region_target(top: int, left: int, height: int, width: int) -> Callable[[Tensor], Tensor]:
-    """A target for the explainers: ``output -> output[:, :, top:top+height, left:left+width]`` summed per image.
-
-    Explains a *region* of a dense output (a reconstruction, a segmentation score map): "area"
-    guided backprop or Grad-CAM. Lab 07.
-    """
-    fn = "region_target"
-    top, left = check_int(top, "top", fn, low=0), check_int(left, "left", fn, low=0)
-    height, width = check_int(height, "height", fn, low=1), check_int(width, "width", fn, low=1)
-
-    def target(output: Tensor) -> Tensor:
-        if output.dim() != 4:
-            raise ValueError(f"region_target: the output must be dense [B, C, H, W], got {tuple(output.shape)}")
-        if top + height > output.shape[2] or left + width > output.shape[3]:
-            raise ValueError(f"region_target: the region rows {top}:{top + height}, cols {left}:{left + width} "
-                             f"leaves the output of size {tuple(output.shape[2:])}")
-        return output[:, :, top:top + height, left:left + width].sum(dim=(1, 2, 3))
-
-    return target

@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import scipy.linalg
 from scipy.stats import spearmanr
 from torch import nn
 
+import labkit as lk
 from labkit import metrics as M
 from labkit.hooks import count_hooks
 
@@ -441,3 +443,110 @@ def test_centered_gaussian_maps_validates():
         M.centered_gaussian_maps(1, "4")
     with pytest.raises(ValueError, match="sigma"):
         M.centered_gaussian_maps(1, 4, sigma=0)
+
+
+# --------------------------------------------------------------------------- Frechet distance
+def test_frechet_distance_of_identical_sets_is_zero() -> None:
+    feats = torch.randn(300, 6, generator=torch.Generator().manual_seed(0))
+    assert lk.frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-8)
+    assert lk.frechet_distance(feats, feats.numpy()) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_gaussian_frechet_distance_closed_form_for_commuting_covariances() -> None:
+    """Diagonal covariances: |mu1 - mu2|^2 + sum (s1 - s2)^2 with s the standard deviations."""
+    mu1, mu2 = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 1.0, 0.0])
+    var1, var2 = torch.tensor([1.0, 4.0, 9.0]), torch.tensor([4.0, 1.0, 9.0])
+    expected = 1 + 0 + 4 + (1 - 2) ** 2 + (2 - 1) ** 2 + 0
+    assert lk.gaussian_frechet_distance(mu1, torch.diag(var1), mu2, torch.diag(var2)) == pytest.approx(expected)
+
+
+def test_gaussian_frechet_distance_matches_scipy_sqrtm() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+    c1, c2 = a @ a.T + 0.1 * np.eye(4), b @ b.T + 0.1 * np.eye(4)  # not commuting
+    m1, m2 = rng.normal(size=4), rng.normal(size=4)
+    expected = float(((m1 - m2) ** 2).sum() + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real))
+    got = lk.gaussian_frechet_distance(torch.tensor(m1), torch.tensor(c1), torch.tensor(m2), torch.tensor(c2))
+    assert got == pytest.approx(expected, rel=1e-7)
+
+
+def _with_moments(n: int, mean: torch.Tensor, cov: torch.Tensor, seed: int) -> torch.Tensor:
+    """n samples whose empirical mean and (unbiased) covariance are exactly ``mean`` and ``cov``."""
+    x = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = x - x.mean(0)
+    emp = x.T @ x / (n - 1)
+    white = x @ torch.linalg.inv(torch.linalg.cholesky(emp)).T
+    return white @ torch.linalg.cholesky(cov).T + mean
+
+
+def test_frechet_distance_of_samples_equals_the_closed_form_of_their_gaussians() -> None:
+    mean_a, mean_b = torch.tensor([0.0, 0.0], dtype=torch.float64), torch.tensor([3.0, -4.0], dtype=torch.float64)
+    cov_a = torch.tensor([[2.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    cov_b = torch.tensor([[8.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    a = _with_moments(500, mean_a, cov_a, 1)
+    b = _with_moments(300, mean_b, cov_b, 2)
+    mu, cov = lk.feature_statistics(a)
+    assert torch.allclose(mu, mean_a, atol=1e-10) and torch.allclose(cov, cov_a, atol=1e-10)
+    # 25 (means) + (sqrt 2 - sqrt 8)^2 + (sqrt .5 - sqrt 2)^2 = 25 + 2 + 0.5
+    assert lk.frechet_distance(a, b) == pytest.approx(27.5, rel=1e-9)
+    assert lk.frechet_distance(b, a) == pytest.approx(27.5, rel=1e-9)
+    assert lk.frechet_distance(a, a + torch.tensor([1.0, 2.0], dtype=torch.float64)) == pytest.approx(5.0, rel=1e-9)
+
+
+def test_frechet_distance_validates_shapes() -> None:
+    with pytest.raises(ValueError, match="same layer"):
+        lk.frechet_distance(torch.randn(10, 3), torch.randn(10, 4))
+    with pytest.raises(ValueError, match="N >= 2"):
+        lk.frechet_distance(torch.randn(1, 3), torch.randn(10, 3))
+    with pytest.raises(TypeError, match="feats_a"):
+        lk.frechet_distance([[1.0, 2.0]], torch.randn(10, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        lk.frechet_distance(torch.full((4, 2), float("nan")), torch.randn(4, 2))
+
+
+class _MeanClassifier(nn.Module):
+    """Two classes by mean brightness: logits (0.5 - m, m - 0.5); features = [m, m^2] at ``body``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1, keepdim=True)
+        f = self.body(torch.cat([m, m * m], 1))
+        return torch.cat([0.5 - f[:, :1], f[:, :1] - 0.5], 1)
+
+
+def test_classifier_fid_uses_the_named_layer() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(50, 1, 4, 4, generator=g)
+    b = torch.rand(50, 1, 4, 4, generator=g) * 0.5
+    clf = _MeanClassifier()
+    fa = torch.cat([a.flatten(1).mean(1, keepdim=True), a.flatten(1).mean(1, keepdim=True) ** 2], 1)
+    fb = torch.cat([b.flatten(1).mean(1, keepdim=True), b.flatten(1).mean(1, keepdim=True) ** 2], 1)
+    assert lk.classifier_fid(clf, a, b, layer="body") == pytest.approx(lk.frechet_distance(fa, fb), rel=1e-5)
+    assert lk.classifier_fid(clf, a, a, layer="body") == pytest.approx(0.0, abs=1e-8)
+    with pytest.raises(ValueError, match="layer"):
+        lk.classifier_fid(clf, a, b, layer="nope")
+
+
+# --------------------------------------------------------------------------- coverage
+def test_class_histogram_and_coverage() -> None:
+    clf = _MeanClassifier()
+    images = torch.cat([torch.full((7, 1, 2, 2), 0.9), torch.full((3, 1, 2, 2), 0.1)])
+    counts = lk.class_histogram(clf, images)
+    assert counts.tolist() == [3, 7]
+    assert lk.class_histogram(clf, images, num_classes=4).tolist() == [3, 7, 0, 0]
+    assert lk.class_coverage(counts) == 1.0
+    assert lk.class_coverage(torch.tensor([500, 500] + [0] * 8)) == pytest.approx(0.2)
+    # default threshold: a quarter of the uniform share (25 of 1,000 for 10 classes)
+    assert lk.class_coverage(torch.tensor([25] + [975 // 9] * 9)) == 1.0
+    assert lk.class_coverage(torch.tensor([24] + [976 // 9] * 9)) == pytest.approx(0.9)
+    assert lk.class_coverage(torch.tensor([1, 99]), min_share=0.0) == 1.0
+    assert lk.class_coverage(torch.tensor([1, 99]), min_share=0.5) == 0.5
+    with pytest.raises(ValueError, match="min_share"):
+        lk.class_coverage(counts, min_share=2)
+    with pytest.raises(ValueError, match="counts"):
+        lk.class_coverage(torch.zeros(3))
+    with pytest.raises(ValueError, match="num_classes"):
+        lk.class_histogram(clf, images, num_classes=1)
