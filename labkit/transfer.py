@@ -11,7 +11,7 @@ meant for any lab that transfers a network.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .hooks import capture, get_layer, preserve_state
 
 __all__ = ["few_shot_indices", "layer_features", "svm_predict", "svm_accuracy", "svm_c_sweep", "svm_cross_validation",
-           "layer_sweep", "transfer_model", "unfreeze_layers", "torchvision_architecture", "make_augment"]
+           "layer_sweep", "transfer_model", "unfreeze_layers", "torchvision_architecture"]
 
 
 def _is_int(value: object) -> bool:
@@ -323,43 +323,3 @@ def torchvision_architecture(arch: str, **kwargs: Any) -> nn.Module:
         raise ValueError(f"arch must name a torchvision.models builder (e.g. 'vgg16', 'resnet18', 'alexnet'), got {arch!r}")
     with torch.device("meta"):
         return getattr(tvm, arch)(weights=None, **kwargs)
-
-
-def make_augment(*, flips: bool = True, rot90: bool = True, shift: float = 0.1, seed: int = 0) -> Callable[[Tensor], Tensor]:
-    """A batch augmentation for ``lk.fit(augment=...)``: random flips, quarter turns and circular shifts.
-
-    ``shift``: the largest translation as a fraction of the image side. Each call draws new random
-    transforms from the function's own generator (seeded; the global RNG is untouched); the input
-    batch is not modified. Meant for small synthetic images whose class does not depend on the
-    orientation (lab 01's shapes).
-    """
-    if not isinstance(flips, bool) or not isinstance(rot90, bool):
-        raise TypeError(f"flips and rot90 must be True or False, got {flips!r} and {rot90!r}")
-    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift < 0.5:
-        raise ValueError(f"shift must be a fraction in [0, 0.5), got {shift!r}")
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    g = torch.Generator().manual_seed(seed)
-
-    def augment(x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            raise ValueError(f"augment expects a batch [B, C, H, W], got {getattr(x, 'shape', type(x).__name__)}")
-        out = x.clone()
-        b, _, h, w = x.shape
-        if flips:
-            flip = torch.rand(b, generator=g) < 0.5
-            out[flip.to(x.device)] = out[flip.to(x.device)].flip(-1)
-        turns = torch.randint(0, 4, (b,), generator=g) if rot90 and h == w else torch.zeros(b, dtype=torch.long)
-        max_dy, max_dx = int(shift * h), int(shift * w)
-        dy = torch.randint(-max_dy, max_dy + 1, (b,), generator=g)
-        dx = torch.randint(-max_dx, max_dx + 1, (b,), generator=g)
-        for i in range(b):
-            img = out[i]
-            if turns[i]:
-                img = torch.rot90(img, int(turns[i]), dims=(-2, -1))
-            if dy[i] or dx[i]:
-                img = torch.roll(img, shifts=(int(dy[i]), int(dx[i])), dims=(-2, -1))
-            out[i] = img
-        return out
-
-    return augment

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .augment import make_augment
 from .base import ImageSet
 from .embedded import *  # noqa: F401,F403
 from .embedded import __all__ as _embedded_all
@@ -19,7 +20,7 @@ from .real import __all__ as _real_all
 EMBEDDED = ("shapes", "scenes", "glyph_digits", "uci_digits", "photos")
 REAL = ("mnist", "mnist_m", "hymenoptera", "imagenet_samples")
 
-__all__ = ["ImageSet", *_embedded_all, *_real_all, "list_datasets", "load_dataset", "EMBEDDED", "REAL"]
+__all__ = ["ImageSet", "make_augment", *_embedded_all, *_real_all, "list_datasets", "load_dataset", "EMBEDDED", "REAL"]
 
 
 def list_datasets() -> list[str]:
