@@ -13,17 +13,16 @@ Used in lab 04 (and the activation maps of lab 05).
 
 from __future__ import annotations
 
-import math
 import contextlib
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+import math
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .deconv import _prefix
-from .hooks import capture, get_layer, preserve_state
+from .hooks import capture, eval_mode, get_layer
 from .reproducibility import make_generator
 
 __all__ = ["class_visualization", "activation_maximization", "gaussian_blur", "high_frequency_share"]
@@ -87,16 +86,6 @@ def high_frequency_share(images: Tensor, *, cutoff: float = 0.25) -> Tensor:
     share = (power * high).flatten(1).sum(1) / total.clamp_min(1e-300)
     return torch.where(total > 0, share, torch.zeros_like(share)).to(images.dtype if images.is_floating_point()
                                                                        else torch.float32)
-
-
-@contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """Eval mode and parameters without ``requires_grad`` (faster ascent); restored on exit."""
-    with preserve_state(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield
 
 
 def _channel_stats(value: Sequence[float] | Tensor | None, name: str, c: int, like: Tensor) -> Tensor | None:
@@ -175,7 +164,7 @@ def _ascent(model: nn.Module, objective: Callable[[Tensor], Tensor], n: int, *, 
         lo, hi = to_model(torch.full_like(ref, float(clamp[0]))), to_model(torch.full_like(ref, float(clamp[1])))
     x = to_model(x0).clone()
     history: list[Tensor] = []
-    with _frozen(model):
+    with eval_mode(model, freeze=True):
         for step in range(steps + 1):
             x.requires_grad_(True)
             xin = x
@@ -455,7 +444,7 @@ def optimize_image(model: nn.Module, loss: Callable[[Tensor], Tensor], init: Ten
     opt = torch.optim.Adam([x], lr=float(lr))
     history: list[Tensor] = []
     b = x.shape[0]
-    with _frozen(model), torch.enable_grad():
+    with eval_mode(model, freeze=True), torch.enable_grad():
         for step in range(steps):
             xin = x
             if jitter:
@@ -513,7 +502,7 @@ def invert_features(model: nn.Module, images: Tensor, layer: str, *, steps: int 
     elif not isinstance(init, Tensor) or init.shape != images.shape:
         raise ValueError(f"invert_features: init must be None or a tensor of the images' shape {tuple(images.shape)}, "
                          f"got {tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__}")
-    with _frozen(model):
+    with eval_mode(model, freeze=True):
         target = features_at(model, images.detach(), layer)[layer]
     norm = target.flatten(1).pow(2).sum(1).clamp_min(1e-12)
 

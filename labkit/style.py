@@ -26,7 +26,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .feature_vis import _check_layers, _frozen, features_at, optimize_image
+from .feature_vis import _check_layers, features_at, optimize_image
+from .hooks import eval_mode
 from .reproducibility import make_generator
 
 __all__ = ["gram_matrix", "content_loss", "style_loss", "style_targets", "synthesize_texture", "style_transfer",
@@ -120,7 +121,7 @@ def style_targets(model: nn.Module, images: Tensor, layers: str | Sequence[str])
         raise TypeError(f"style_targets: model must be a torch.nn.Module, got {type(model).__name__}")
     images = _check_images("style_targets", "images", images)
     layers = _check_layers(model, layers, "style_targets")
-    with _frozen(model):
+    with eval_mode(model, freeze=True):
         feats = features_at(model, images, layers)
     return {n: gram_matrix(f) for n, f in feats.items()}
 
@@ -203,7 +204,7 @@ def style_transfer(model: nn.Module, content: Tensor, style: Tensor, *, content_
         raise ValueError(f"{fn}: content and style must hold the same number of images, or one of them one image; "
                          f"got {c.shape[0]} and {s.shape[0]}")
     layers = list(dict.fromkeys([*style_layers, content_layer]))
-    with _frozen(model):
+    with eval_mode(model, freeze=True):
         c_feat = features_at(model, c.detach(), content_layer)[content_layer]
     grams = style_targets(model, s.detach(), style_layers)
     if init == "content":
@@ -222,7 +223,7 @@ def style_transfer(model: nn.Module, content: Tensor, style: Tensor, *, content_
         return cw * lc + sw * ls
 
     out = optimize_image(model, loss, start, steps=steps, lr=lr, tv=tv, jitter=jitter, seed=seed, callback=callback)
-    with _frozen(model), torch.no_grad():
+    with eval_mode(model, freeze=True), torch.no_grad():
         lc, ls = both(out)
     return out, {"content": lc.detach(), "style": ls.detach()}
 
