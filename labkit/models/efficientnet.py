@@ -18,6 +18,8 @@ outputs. Used in the real-photo parts of labs 01-06.
 
 from __future__ import annotations
 
+import functools
+
 import importlib.util
 import math
 import os
@@ -234,7 +236,18 @@ def imagenet_model(name: str = "efficientnet_lite0", *, weights: str = "imagenet
 
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet class names in the order of the outputs ("tench", "goldfish", ...
-    "tiger cat" is 282), torchvision's spelling (no file needed, torchvision not imported)."""
-    from ._imagenet_classes import IMAGENET_CLASSES
+    "tiger cat" is 282), torchvision's spelling (read from labkit/models/imagenet_classes.txt,
+    which ships with the package; torchvision is not imported)."""
+    return list(_imagenet_class_tuple())
 
-    return list(IMAGENET_CLASSES)
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_class_tuple() -> tuple[str, ...]:
+    from importlib.resources import files
+
+    text = files(__package__).joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    names = tuple(line for line in text.splitlines() if line and not line.startswith("#"))
+    if len(names) != 1000:
+        raise RuntimeError(f"labkit/models/imagenet_classes.txt holds {len(names)} class names, not 1000: "
+                           "reinstall labkit (pip install -e .)")
+    return names
