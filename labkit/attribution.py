@@ -130,8 +130,8 @@ def _class_index(output: Tensor, target: Target, fn: str) -> Tensor:
     if isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"{fn}: target tensor must hold integer classes, got dtype {target.dtype}")
-        if target.ndim == 0:
-            return _class_index(output, int(target), fn)
+        if target.numel() == 1 and target.ndim <= 1:  # one class for every image
+            return _class_index(output, int(target.reshape(-1)[0]), fn)
         if target.ndim != 1 or target.shape[0] != b:
             raise ValueError(
                 f"{fn}: target must be a 1-D tensor with one class per image ({b}), got shape {tuple(target.shape)}"

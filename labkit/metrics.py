@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_int
+from .attribution import _class_index
 from .embeddings import extract_features
 from .training import predict
 
@@ -363,28 +364,6 @@ def discriminative_pointing(maps: Tensor, masks: Tensor, other_masks: Tensor) ->
     return rate, hits
 
 
-def _resolve_classes(output: Tensor, target: int | Tensor | None) -> Tensor:
-    """Per-sample class indices: None = predicted, an int for all, or a 1-D tensor."""
-    b, k = output.shape[0], output.shape[1]
-    if target is None:
-        return output.argmax(1)
-    if isinstance(target, bool):
-        raise TypeError("target must be None, an int or a 1-D tensor of class indices, got a bool")
-    if isinstance(target, int):
-        t = torch.full((b,), target, dtype=torch.long, device=output.device)
-    elif isinstance(target, Tensor) and target.dim() <= 1 and not target.dtype.is_floating_point:
-        t = target.to(output.device).long().reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(b)
-        if t.numel() != b:
-            raise ValueError(f"target has {t.numel()} entries for a batch of {b} images")
-    else:
-        raise TypeError(f"target must be None, an int or a 1-D integer tensor, got {target!r}")
-    if t.min() < 0 or t.max() >= k:
-        raise ValueError(f"target classes must lie in [0, {k}), got {t.tolist()}")
-    return t
-
-
 def _baseline(baseline: float | str | Tensor, images: Tensor, blur_sigma: float) -> Tensor:
     if isinstance(baseline, str):
         if baseline != "blur":
@@ -430,7 +409,7 @@ def _perturbation_curve(model: nn.Module, images: Tensor, maps: Tensor, target: 
     probs = torch.empty(b * (steps + 1), device=x.device)
     with preserve_state(model), torch.no_grad():
         model.eval()
-        cls = _resolve_classes(model(x), target)
+        cls = _class_index(model(x), target, "insertion_curve" if insert else "deletion_curve")
         for start in range(0, b * (steps + 1), batch_size):
             idx = torch.arange(start, min(start + batch_size, b * (steps + 1)), device=x.device)
             i, s = idx // (steps + 1), idx % (steps + 1)
@@ -552,7 +531,7 @@ def cascading_randomization(model: nn.Module, explainer: Callable[..., Tensor], 
         raise ValueError("the model has no layer with parameters to randomize; pass layers=[...]")
     with preserve_state(work), torch.no_grad():
         work.eval()
-        tgt = _resolve_classes(work(images), target)
+        tgt = _class_index(work(images), target, "cascading_randomization")
     device = next(work.parameters()).device
     maps = {"original": explainer(work, images, target=tgt).detach()}
     for i, name in enumerate(reversed(chosen)):
