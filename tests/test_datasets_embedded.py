@@ -224,6 +224,25 @@ def test_glyph_bank_is_cached_on_disk_and_equal_to_a_fresh_one(tmp_path, monkeyp
         _glyphs._bank.cache_clear()
 
 
+def test_glyph_bank_with_an_unwritable_cache_is_computed_not_an_error(tmp_path, monkeypatch):
+    """The grader's sandbox mounts the data root read-only: torch.save then raises a RuntimeError
+    (not an OSError), which must not stop the lab (it did, in the sandbox, for a new bank)."""
+    monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
+
+    def read_only(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: "
+                           "Read-only file system")
+
+    monkeypatch.setattr(_glyphs.torch, "save", read_only)
+    _glyphs._bank.cache_clear()
+    try:
+        bank = _glyphs._bank()
+        assert bank[0].shape[0] == len(bank[1]) > 0 and not _glyphs._bank_file().exists()
+        assert not list((tmp_path / "cache").glob(".*.tmp"))
+    finally:
+        _glyphs._bank.cache_clear()
+
+
 def test_glyph_digits_photo_domain_is_mnist_m_recipe(monkeypatch):
     plain = glyph_digits(20, seed=3)
     photo = glyph_digits(20, seed=3, domain="photo")
