@@ -489,8 +489,7 @@ def _grade_one(ctx: _Context, sub_id: str, path: Path, raw: bytes | None = None)
         res.status = "not-a-notebook"
         first = str(exc).strip().splitlines()
         res.message = f"not a readable notebook: {type(exc).__name__}: {first[0][:200] if first else ''}"
-        res.checks = [{"name": c.name, "passed": False, "points": 0.0, "max": c.points, "detail": "not run"}
-                      for c in lab.checks]
+        res.checks = _not_run_checks(lab)
         res.wall_s = time.monotonic() - t0
         return res, None
     res.flags = [f"review: {name}" for name in suspicious_patterns(nb)]
@@ -595,34 +594,64 @@ def _tampered(restored: list[str], code: str) -> list[str]:
     return shown
 
 
-def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: str, has_params: bool,
-              code: str = "") -> None:
-    lab = ctx.lab
-    done = outcome.done or {}
-    declared = {c.name: c for c in lab.checks}
-    res.checks = [{"name": c.name, "passed": False, "points": 0.0, "max": c.points, "detail": "not run"}
-                  for c in lab.checks]
-    if not outcome.done or done.get("fatal"):
-        if outcome.oom_kills and not outcome.stopped:
-            res.status, res.message = "memory", f"the sandbox was killed at the memory cap ({ctx.memory_mb} MB)"
-        elif outcome.killed:
-            res.status, res.message = "timeout", f"killed at the hard time limit after {outcome.wall_s:.0f} s"
-        else:
-            why = done.get("fatal") or outcome.protocol_error or f"the sandbox exited with code {outcome.returncode}"
-            tail = outcome.log_tail.strip().splitlines()[-3:]
-            if not done and not outcome.protocol_error and (outcome.returncode or 0) < 0:
-                # the driver never fails this way on its own: something in the sandbox killed it
-                res.status = "kernel-died"
-                res.message = f"the sandbox was killed by signal {-(outcome.returncode or 0)} (by the submission?)"
-                return
-            res.status, res.message = "grader-error", f"{why}" + (f" | {' / '.join(tail)}" if tail else "")
-        return
-    nb = done["nb"]
-    cells = nb.get("cells", [])
-    kinds = [c.get("metadata", {}).get("labkit_grader", {}).get("kind", "student") for c in cells]
-    # hidden-test results: exactly one line with our nonce, in the collect cell
+def _not_run_checks(lab: InstructorLab) -> list[dict[str, Any]]:
+    """One 'not run' row with no points for each declared check of ``lab``."""
+    return [{"name": c.name, "passed": False, "points": 0.0, "max": c.points, "detail": "not run"}
+            for c in lab.checks]
+
+
+@dataclass
+class _Run:
+    """The driver's final report on an executed submission, with each cell's grader kind and the
+    indexes of the cells that ran over time or were skipped."""
+
+    done: dict[str, Any]
+    cells: list[dict[str, Any]]
+    kinds: list[str]
+    timeouts: list[int]
+    skipped: list[int]
+
+    @classmethod
+    def of(cls, done: dict[str, Any]) -> _Run:
+        """Read the driver's ``done`` message."""
+        cells = done["nb"].get("cells", [])
+        kinds = [c.get("metadata", {}).get("labkit_grader", {}).get("kind", "student") for c in cells]
+        return cls(done=done, cells=cells, kinds=kinds,
+                   timeouts=[i for i in done.get("timeouts", []) if i < len(cells)],
+                   skipped=[i for i in done.get("skipped", []) if i < len(cells)])
+
+    def where(self, i: int) -> str:
+        """Cell ``i`` as the student or instructor knows it (a student cell, a hidden test, a grader cell)."""
+        idx = _student_index(self.cells[i])
+        if idx is not None:
+            return f"cell {idx}"
+        kind = self.kinds[i]
+        return (f"hidden test {self.cells[i]['metadata']['labkit_grader'].get('hidden', 0)}" if kind == "hidden"
+                else f"grader cell ({kind})")
+
+
+def _classify_fatal(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, done: dict[str, Any]) -> None:
+    """Status and message of a run whose driver sent no final notebook (killed, crashed, set-up failed)."""
+    if outcome.oom_kills and not outcome.stopped:
+        res.status, res.message = "memory", f"the sandbox was killed at the memory cap ({ctx.memory_mb} MB)"
+    elif outcome.killed:
+        res.status, res.message = "timeout", f"killed at the hard time limit after {outcome.wall_s:.0f} s"
+    else:
+        why = done.get("fatal") or outcome.protocol_error or f"the sandbox exited with code {outcome.returncode}"
+        tail = outcome.log_tail.strip().splitlines()[-3:]
+        if not done and not outcome.protocol_error and (outcome.returncode or 0) < 0:
+            # the driver never fails this way on its own: something in the sandbox killed it
+            res.status = "kernel-died"
+            res.message = f"the sandbox was killed by signal {-(outcome.returncode or 0)} (by the submission?)"
+            return
+        res.status, res.message = "grader-error", f"{why}" + (f" | {' / '.join(tail)}" if tail else "")
+
+
+def _nonce_payloads(run: _Run, nonce: str) -> tuple[list[dict[str, Any]], int]:
+    """The hidden-test payloads carrying ``nonce`` printed by the collect cell, and how many other
+    grader-marked lines (forged or unreadable) the notebook printed."""
     payloads, forged = [], 0
-    for c, kind in zip(cells, kinds):
+    for c, kind in zip(run.cells, run.kinds):
         for o in c.get("outputs", []):
             if o.get("output_type") != "stream":
                 continue
@@ -640,6 +669,13 @@ def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: s
                         payloads.append(payload)
                         continue
                 forged += 1
+    return payloads, forged
+
+
+def _hidden_results(res: GradeResult, run: _Run, nonce: str, code: str) -> tuple[bool, dict[str, dict[str, Any]]]:
+    """Whether exactly one genuine hidden-test payload came back, and its checks by name; records
+    the names the guard restored and flags forged output and tampering on ``res``."""
+    payloads, forged = _nonce_payloads(run, nonce)
     results_ok = len(payloads) == 1 and not forged
     if forged or len(payloads) > 1:
         res.flags.append("tampering: forged grader output")
@@ -654,13 +690,26 @@ def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: s
         if shown:
             res.flags.append("restored before the hidden tests: " + ", ".join(shown[:12])
                              + (" ..." if len(shown) > 12 else ""))
+    return results_ok, reported
+
+
+def _hidden_errors(run: _Run) -> dict[int, str]:
+    """The first error (``"Name: message"``) raised by each hidden-test cell, by hidden-test index."""
     hidden_errors: dict[int, str] = {}
-    for c, kind in zip(cells, kinds):
+    for c, kind in zip(run.cells, run.kinds):
         if kind == "hidden":
             errs = _error_outputs(c)
             if errs:
                 j = c["metadata"]["labkit_grader"].get("hidden", 0)
                 hidden_errors[j] = f"{errs[0].get('ename')}: {_text(errs[0].get('evalue')).splitlines()[0][:200] if _text(errs[0].get('evalue')) else ''}"
+    return hidden_errors
+
+
+def _check_rows(lab: InstructorLab, reported: dict[str, dict[str, Any]], hidden_errors: dict[int, str],
+                results_ok: bool) -> list[dict[str, Any]]:
+    """One row per check: the declared checks (scored, or why they did not run), then the checks
+    the hidden tests reported under run-time names."""
+    declared = {c.name: c for c in lab.checks}
     checks = []
     for name, dc in declared.items():
         ch = reported.get(name)
@@ -680,15 +729,15 @@ def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: s
             pts = float(ch.get("points", 1.0)) if isinstance(ch.get("points", 1.0), (int, float)) else 1.0
             checks.append({"name": name, "passed": bool(ch.get("passed")), "points": pts if ch.get("passed") else 0.0,
                            "max": pts, "detail": str(ch.get("detail", ""))[:500]})
-    res.checks = checks
-    res.points = {c["name"]: float(c["points"]) for c in checks}
-    res.total = float(sum(c["points"] for c in checks))
-    res.max = float(sum(c["max"] for c in checks))
+    return checks
 
-    # the first error of the submission's own cells
+
+def _first_error(run: _Run) -> tuple[dict[str, Any] | None, bool]:
+    """The first error of the submission's own cells (timeouts aside), and whether any cell's
+    error reads like running out of memory."""
     first_error = None
     memory = False
-    for c, kind in zip(cells, kinds):
+    for c, kind in zip(run.cells, run.kinds):
         for o in _error_outputs(c):
             text = f"{o.get('ename')}: {_text(o.get('evalue'))}"
             if _MEMORY_TEXT.search(text):
@@ -698,78 +747,116 @@ def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: s
                 tb = [_ANSI.sub("", t) for t in o.get("traceback", [])][-6:]
                 first_error = {"cell": idx, "execution_count": c.get("execution_count"), "ename": o.get("ename"),
                                "evalue": _text(o.get("evalue"))[:500], "traceback": "\n".join(tb)[-3000:]}
-    res.first_error = first_error
+    return first_error, memory
+
+
+def _killed_for_memory(outcome: SandboxOutcome, done: dict[str, Any]) -> bool:
+    """Whether the kernel's failure or the sandbox's OOM kills point at the memory cap."""
     exc = done.get("exception") or {}
-    timeouts = [i for i in done.get("timeouts", []) if i < len(cells)]
-    skipped = [i for i in done.get("skipped", []) if i < len(cells)]
-    kernel_exit = done.get("kernel_exit")
+    memory = False
     if exc and _MEMORY_TEXT.search(outcome.log_tail or ""):
         memory = True
-    if exc.get("type") == "DeadKernelError" and kernel_exit in (-9, 137):
+    if exc.get("type") == "DeadKernelError" and done.get("kernel_exit") in (-9, 137):
         memory = True  # SIGKILL: the kernel's memory cgroup / the OOM killer
     if getattr(outcome, "oom_kills", 0):
         memory = True  # the memory cgroup's OOM killer ended a process of the sandbox
+    return memory
 
-    def where(i: int) -> str:
-        idx = _student_index(cells[i])
-        if idx is not None:
-            return f"cell {idx}"
-        kind = kinds[i]
-        return f"hidden test {cells[i]['metadata']['labkit_grader'].get('hidden', 0)}" if kind == "hidden" else f"grader cell ({kind})"
 
+def _run_notes(run: _Run, has_params: bool) -> list[str]:
+    """The flags that describe how the run went (missing parameters cell, truncation, skipped cells)."""
     notes = []
     if not has_params:
         notes.append("missing-parameters")
-    if done.get("truncated"):
+    if run.done.get("truncated"):
         notes.append("output-truncated")
-    if skipped:
-        notes.append(f"skipped {len(skipped)} cell(s) after the total time limit")
-    res.flags = notes + res.flags
+    if run.skipped:
+        notes.append(f"skipped {len(run.skipped)} cell(s) after the total time limit")
+    return notes
+
+
+def _kernel_verdict(ctx: _Context, run: _Run, memory: bool) -> tuple[str, str]:
+    """Status and message when the notebook run raised (a cell that ignored the interrupt, the
+    memory cap, a dead or failing kernel)."""
+    done = run.done
+    exc = done.get("exception") or {}
     if exc.get("type") in ("CellTimeoutError",) or (exc and "Timeout" in exc.get("type", "") and exc.get("type") != "DeadKernelError"):
-        res.status = "timeout"
-        res.message = f"a cell did not stop when interrupted after {ctx.timeout_cell:g} s; the kernel was stopped" + \
-            (f" ({where(timeouts[-1])})" if timeouts else "")
-    elif exc and memory:
-        res.status, res.message = "memory", f"the kernel died at the memory cap ({ctx.memory_mb} MB)"
-    elif exc:
-        cur = done.get("current")
-        at = f" while running {where(cur)}" if isinstance(cur, int) and 0 <= cur < len(cells) else ""
-        if exc.get("type") == "DeadKernelError":
-            res.status, res.message = "kernel-died", f"the kernel died{at} (exit code {kernel_exit})"
-        else:
-            res.status, res.message = "kernel-died", f"the kernel failed: {exc.get('type')}: {exc.get('message', '')[:300]}"
-    elif timeouts or skipped:
-        res.status = "timeout"
-        parts = []
-        if timeouts:
-            parts.append(", ".join(where(i) for i in timeouts) + f" ran over {ctx.timeout_cell:g} s and was interrupted")
-        if skipped:
-            parts.append(f"the total time limit ({ctx.timeout_total:g} s) was reached: {len(skipped)} later cell(s) skipped")
-        res.message = "; ".join(parts)
-    elif memory:
-        res.status = "memory"
+        return "timeout", (f"a cell did not stop when interrupted after {ctx.timeout_cell:g} s; the kernel was stopped"
+                           + (f" ({run.where(run.timeouts[-1])})" if run.timeouts else ""))
+    if memory:
+        return "memory", f"the kernel died at the memory cap ({ctx.memory_mb} MB)"
+    cur = done.get("current")
+    at = f" while running {run.where(cur)}" if isinstance(cur, int) and 0 <= cur < len(run.cells) else ""
+    if exc.get("type") == "DeadKernelError":
+        return "kernel-died", f"the kernel died{at} (exit code {done.get('kernel_exit')})"
+    return "kernel-died", f"the kernel failed: {exc.get('type')}: {exc.get('message', '')[:300]}"
+
+
+def _time_limit_message(ctx: _Context, run: _Run) -> str:
+    """Which cells ran over the per-cell limit and how many were skipped at the total limit."""
+    parts = []
+    if run.timeouts:
+        parts.append(", ".join(run.where(i) for i in run.timeouts) + f" ran over {ctx.timeout_cell:g} s and was interrupted")
+    if run.skipped:
+        parts.append(f"the total time limit ({ctx.timeout_total:g} s) was reached: {len(run.skipped)} later cell(s) skipped")
+    return "; ".join(parts)
+
+
+def _first_error_message(first_error: dict[str, Any]) -> str:
+    """``cell N (In [k]): Name: first line of the message`` for the submission's first error."""
+    ec = first_error.get("execution_count")
+    return (f"cell {first_error['cell']}" + (f" (In [{ec}])" if ec else "") +
+            f": {first_error['ename']}: {first_error['evalue'].splitlines()[0][:200] if first_error['evalue'] else ''}")
+
+
+def _verdict(ctx: _Context, run: _Run, *, memory: bool, first_error: dict[str, Any] | None, results_ok: bool,
+             has_params: bool, checks: list[dict[str, Any]]) -> tuple[str, str]:
+    """The status and message of an executed submission, the most serious problem first."""
+    done = run.done
+    if done.get("exception"):
+        return _kernel_verdict(ctx, run, memory)
+    if run.timeouts or run.skipped:
+        return "timeout", _time_limit_message(ctx, run)
+    if memory:
         err = first_error or {}
-        res.message = f"out of memory (cap {ctx.memory_mb} MB)" + (f" in cell {err.get('cell')}: {err.get('ename')}" if err else "")
-    elif first_error is not None:
-        res.status = "error"
-        ec = first_error.get("execution_count")
-        res.message = (f"cell {first_error['cell']}" + (f" (In [{ec}])" if ec else "") +
-                       f": {first_error['ename']}: {first_error['evalue'].splitlines()[0][:200] if first_error['evalue'] else ''}")
-    elif not results_ok:
-        res.status = "error"
-        res.message = ("the hidden-test results are missing or forged: the grader's cells were disturbed"
-                       if done.get("hidden_received") else "the hidden tests did not run")
-    elif done.get("truncated"):
-        res.status, res.message = "output-too-large", f"the output went over {ctx.max_output_bytes} bytes and was truncated"
-    elif not has_params:
-        res.status = "missing-parameters"
-        res.message = "no cell tagged 'parameters': the grader injected the parameters at the top"
-    elif any(not c["passed"] for c in checks):
+        return "memory", f"out of memory (cap {ctx.memory_mb} MB)" + (f" in cell {err.get('cell')}: {err.get('ename')}" if err else "")
+    if first_error is not None:
+        return "error", _first_error_message(first_error)
+    if not results_ok:
+        return "error", ("the hidden-test results are missing or forged: the grader's cells were disturbed"
+                         if done.get("hidden_received") else "the hidden tests did not run")
+    if done.get("truncated"):
+        return "output-too-large", f"the output went over {ctx.max_output_bytes} bytes and was truncated"
+    if not has_params:
+        return "missing-parameters", "no cell tagged 'parameters': the grader injected the parameters at the top"
+    if any(not c["passed"] for c in checks):
         failed = [c["name"] for c in checks if not c["passed"]]
-        res.status = "failed-checks"
-        res.message = f"{len(failed)} of {len(checks)} hidden checks failed: {', '.join(failed)}"
-    else:
-        res.status, res.message = "ok", f"all {len(checks)} hidden checks passed"
+        return "failed-checks", f"{len(failed)} of {len(checks)} hidden checks failed: {', '.join(failed)}"
+    return "ok", f"all {len(checks)} hidden checks passed"
+
+
+def _classify(ctx: _Context, res: GradeResult, outcome: SandboxOutcome, nonce: str, has_params: bool,
+              code: str = "") -> None:
+    """Fill ``res`` (checks, points, flags, first error, status, message) from a sandbox's outcome."""
+    lab = ctx.lab
+    done = outcome.done or {}
+    res.checks = _not_run_checks(lab)
+    if not outcome.done or done.get("fatal"):
+        _classify_fatal(ctx, res, outcome, done)
+        return
+    run = _Run.of(done)
+    results_ok, reported = _hidden_results(res, run, nonce, code)
+    checks = _check_rows(lab, reported, _hidden_errors(run), results_ok)
+    res.checks = checks
+    res.points = {c["name"]: float(c["points"]) for c in checks}
+    res.total = float(sum(c["points"] for c in checks))
+    res.max = float(sum(c["max"] for c in checks))
+    first_error, memory = _first_error(run)
+    res.first_error = first_error
+    memory = _killed_for_memory(outcome, done) or memory
+    res.flags = _run_notes(run, has_params) + res.flags
+    res.status, res.message = _verdict(ctx, run, memory=memory, first_error=first_error, results_ok=results_ok,
+                                       has_params=has_params, checks=checks)
     if res.status not in ("ok",) and not res.message:
         res.message = res.status
 
@@ -861,6 +948,126 @@ def _check_number(name: str, value: Any, *, minimum: float, integer: bool = Fals
 EXECUTORS = ("auto", "dask", "threads")
 
 
+def _check_options(*, profile: str, timeout_cell: float, timeout_total: float, memory_mb: int, jobs: int,
+                   max_output_mb: float, start_timeout: int, isolation: str, memory_cap: str,
+                   allow: list[str] | tuple[str, ...], scheduler: str | None, executor: str) -> None:
+    """Raise ``ValueError`` (``TypeError`` for ``allow``) for an option of :func:`grade_submissions` that is out of range."""
+    from ..config import PROFILES
+
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    _check_number("timeout_cell", timeout_cell, minimum=1)
+    _check_number("timeout_total", timeout_total, minimum=1)
+    _check_number("start_timeout", start_timeout, minimum=5, integer=True)
+    _check_number("jobs", jobs, minimum=1, integer=True)
+    _check_number("memory_mb", memory_mb, minimum=0, integer=True)
+    if 0 < memory_mb < 512:
+        raise ValueError(f"memory_mb={memory_mb} is too small for a Python kernel; use >= 512 (or 0 for no cap)")
+    _check_number("max_output_mb", max_output_mb, minimum=0.001)
+    if isolation not in ISOLATION_MODES:
+        raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
+    if memory_cap not in MEMORY_CAP_MODES:
+        raise ValueError(f"memory_cap must be one of {MEMORY_CAP_MODES}, got {memory_cap!r}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    if isinstance(allow, (str, os.PathLike)) or not all(isinstance(a, (str, os.PathLike)) for a in allow):
+        raise TypeError(f"allow must be a list of paths, got {allow!r}; e.g. allow=['/data/course']")
+    for a in allow:
+        if not Path(a).exists():
+            raise ValueError(f"allow path {str(a)!r} does not exist; give an existing file or folder or drop it")
+    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+        raise ValueError(f"scheduler must be a Dask scheduler address such as 'tcp://10.0.0.5:8786', got {scheduler!r}")
+    if scheduler is not None and executor == "threads":
+        raise ValueError("scheduler= needs executor='dask' (or 'auto'), got executor='threads'")
+
+
+def _extra_parameters(info: InstructorLab, parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """The lab parameters set by ``parameters=``; ``ValueError`` for one the lab lacks or for ``PROFILE``."""
+    extra_params = dict(parameters or {})
+    unknown = sorted(set(extra_params) - set(info.parameters))
+    if unknown or "PROFILE" in extra_params:
+        raise ValueError(f"parameters {unknown or ['PROFILE']} cannot be set: {info.name}'s parameters are "
+                         f"{sorted(info.parameters)} and PROFILE comes from profile=")
+    return extra_params
+
+
+def _wants_dask(scheduler: str | None, executor: str, log: Callable[[str], None] | None) -> bool:
+    """Whether to grade on Dask: asked for, or ``executor="auto"`` with dask.distributed installed
+    (else ``log`` says that threads are used)."""
+    use_dask = scheduler is not None or executor == "dask"
+    if executor == "auto" and scheduler is None:
+        import importlib.util
+
+        use_dask = importlib.util.find_spec("distributed") is not None
+        if not use_dask and log:
+            log("dask.distributed is not installed: grading with threads of this process "
+                "(pip install -e '.[grade]' for worker processes and clusters)")
+    return use_dask
+
+
+def _batch_spec(info: InstructorLab, subs: list[tuple[str, Path]], sub_dir: Path, out: Path, *, profile: str,
+                timeout_cell: float, timeout_total: float, memory_mb: int, memory_cap: str, isolation: str,
+                allow: list[str] | tuple[str, ...], max_output_mb: float, start_timeout: int,
+                extra_params: dict[str, Any], jobs: int) -> dict[str, Any]:
+    """The picklable description of a batch that every grading host receives (see :func:`host_context`)."""
+    repo = _repo_root()
+    from ..runner import labs_dir
+
+    hide_dirs = [str(p) for p in (info.path.parent.resolve(), labs_dir().resolve(), repo / ".git", repo / "_build",
+                                  sub_dir, out)]
+    return {
+        "batch_id": secrets.token_hex(8), "lab": info, "profile": profile, "timeout_cell": float(timeout_cell),
+        "timeout_total": float(timeout_total), "memory_mb": int(memory_mb), "memory_cap": memory_cap,
+        "isolation": isolation, "allow": [str(Path(a).resolve()) for a in allow],
+        "max_output_bytes": int(max_output_mb * 2**20), "start_timeout": int(start_timeout),
+        "results_src": _results_source(), "hide_dirs": hide_dirs,
+        "hide_files": [str(info.path.resolve())] + [str(p.resolve()) for _, p in subs], "params": extra_params,
+        "fingerprint_base": json.dumps([info.digest, profile, timeout_cell, timeout_total, memory_mb,
+                                        sorted(extra_params.items())], default=str),
+        "slots": jobs, "sources": {sid: str(p) for sid, p in subs},
+    }
+
+
+def _split_graded(subs: list[tuple[str, Path]], out: Path, *, force: bool, fingerprint_base: str
+                  ) -> tuple[dict[str, GradeResult], list[str], list[tuple[str, Path]]]:
+    """The results and ids of the submissions already graded with the same file, lab and options
+    (none when ``force``), and the submissions left to grade."""
+    results: dict[str, GradeResult] = {}
+    resumed: list[str] = []
+    todo: list[tuple[str, Path]] = []
+    for sub_id, path in subs:
+        prev = _load_result(out / sub_id / RESULT_FILE)
+        if prev is not None and not force:
+            fp = hashlib.sha256(path.read_bytes() + fingerprint_base.encode()).hexdigest()
+            if prev.fingerprint == fp:
+                results[sub_id] = prev
+                resumed.append(sub_id)
+                continue
+        todo.append((sub_id, path))
+    return results, resumed, todo
+
+
+def _recorder(out: Path, info: InstructorLab, results: dict[str, GradeResult], lock: threading.Lock,
+              log: Callable[[str], None] | None) -> Callable[[dict[str, Any]], GradeResult]:
+    """The callback that writes a graded submission's files and ``grades.csv`` as soon as its
+    result comes back, adds it to ``results`` and logs one line."""
+
+    def record(payload: dict[str, Any]) -> GradeResult:
+        res = GradeResult(**{k: v for k, v in payload["result"].items() if k in GradeResult.__dataclass_fields__})
+        sub_out = out / res.id
+        if payload.get("executed"):
+            _write_atomic(sub_out / "executed.ipynb", payload["executed"])
+        _write_atomic(sub_out / "feedback.md", _feedback(res, info.name))
+        _write_atomic(sub_out / RESULT_FILE, json.dumps(asdict(res), indent=1, default=str))
+        _write_csv(out, info, lock)
+        results[res.id] = res
+        if log:
+            log(f"{res.id:<24} {res.status:<18} {res.total:g}/{res.max:g}  {res.wall_s:5.1f} s  {res.message[:90]}")
+        return res
+
+    return record
+
+
 def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, output_dir: str | os.PathLike, *,
                       profile: str = "smoke", timeout_cell: float = 120, timeout_total: float = 900,
                       memory_mb: int = DEFAULT_MEMORY_MB, jobs: int = 1, force: bool = False,
@@ -889,99 +1096,28 @@ def grade_submissions(lab: str | os.PathLike, submissions: str | os.PathLike, ou
     (:func:`probe_imports`); a failure raises ``ConfigurationError`` (a ``RuntimeError``).
     Used by ``labkit grade``.
     """
-    from ..config import PROFILES
-
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
-    _check_number("timeout_cell", timeout_cell, minimum=1)
-    _check_number("timeout_total", timeout_total, minimum=1)
-    _check_number("start_timeout", start_timeout, minimum=5, integer=True)
-    _check_number("jobs", jobs, minimum=1, integer=True)
-    _check_number("memory_mb", memory_mb, minimum=0, integer=True)
-    if 0 < memory_mb < 512:
-        raise ValueError(f"memory_mb={memory_mb} is too small for a Python kernel; use >= 512 (or 0 for no cap)")
-    _check_number("max_output_mb", max_output_mb, minimum=0.001)
-    if isolation not in ISOLATION_MODES:
-        raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
-    if memory_cap not in MEMORY_CAP_MODES:
-        raise ValueError(f"memory_cap must be one of {MEMORY_CAP_MODES}, got {memory_cap!r}")
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    if isinstance(allow, (str, os.PathLike)) or not all(isinstance(a, (str, os.PathLike)) for a in allow):
-        raise TypeError(f"allow must be a list of paths, got {allow!r}; e.g. allow=['/data/course']")
-    for a in allow:
-        if not Path(a).exists():
-            raise ValueError(f"allow path {str(a)!r} does not exist; give an existing file or folder or drop it")
-    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
-        raise ValueError(f"scheduler must be a Dask scheduler address such as 'tcp://10.0.0.5:8786', got {scheduler!r}")
-    if scheduler is not None and executor == "threads":
-        raise ValueError("scheduler= needs executor='dask' (or 'auto'), got executor='threads'")
+    _check_options(profile=profile, timeout_cell=timeout_cell, timeout_total=timeout_total, memory_mb=memory_mb,
+                   jobs=jobs, max_output_mb=max_output_mb, start_timeout=start_timeout, isolation=isolation,
+                   memory_cap=memory_cap, allow=allow, scheduler=scheduler, executor=executor)
     t0 = time.monotonic()
     info = load_instructor_lab(lab)
-    extra_params = dict(parameters or {})
-    unknown = sorted(set(extra_params) - set(info.parameters))
-    if unknown or "PROFILE" in extra_params:
-        raise ValueError(f"parameters {unknown or ['PROFILE']} cannot be set: {info.name}'s parameters are "
-                         f"{sorted(info.parameters)} and PROFILE comes from profile=")
+    extra_params = _extra_parameters(info, parameters)
     sub_dir = Path(submissions).resolve()
     subs = discover_submissions(sub_dir, lab_name=info.name)
     out = Path(output_dir).resolve()
     if _within(out, sub_dir):
         raise ValueError(f"output_dir {out} is inside the submissions folder {sub_dir}; choose another folder")
-    use_dask = scheduler is not None or executor == "dask"
-    if executor == "auto" and scheduler is None:
-        import importlib.util
-
-        use_dask = importlib.util.find_spec("distributed") is not None
-        if not use_dask and log:
-            log("dask.distributed is not installed: grading with threads of this process "
-                "(pip install -e '.[grade]' for worker processes and clusters)")
-    repo = _repo_root()
-    from ..runner import labs_dir
-
-    hide_dirs = [str(p) for p in (info.path.parent.resolve(), labs_dir().resolve(), repo / ".git", repo / "_build",
-                                  sub_dir, out)]
-    spec: dict[str, Any] = {
-        "batch_id": secrets.token_hex(8), "lab": info, "profile": profile, "timeout_cell": float(timeout_cell),
-        "timeout_total": float(timeout_total), "memory_mb": int(memory_mb), "memory_cap": memory_cap,
-        "isolation": isolation, "allow": [str(Path(a).resolve()) for a in allow],
-        "max_output_bytes": int(max_output_mb * 2**20), "start_timeout": int(start_timeout),
-        "results_src": _results_source(), "hide_dirs": hide_dirs,
-        "hide_files": [str(info.path.resolve())] + [str(p.resolve()) for _, p in subs], "params": extra_params,
-        "fingerprint_base": json.dumps([info.digest, profile, timeout_cell, timeout_total, memory_mb,
-                                        sorted(extra_params.items())], default=str),
-        "slots": jobs, "sources": {sid: str(p) for sid, p in subs},
-    }
-    results: dict[str, GradeResult] = {}
-    resumed: list[str] = []
-    todo: list[tuple[str, Path]] = []
-    for sub_id, path in subs:
-        prev = _load_result(out / sub_id / RESULT_FILE)
-        if prev is not None and not force:
-            fp = hashlib.sha256(path.read_bytes() + spec["fingerprint_base"].encode()).hexdigest()
-            if prev.fingerprint == fp:
-                results[sub_id] = prev
-                resumed.append(sub_id)
-                continue
-        todo.append((sub_id, path))
+    use_dask = _wants_dask(scheduler, executor, log)
+    spec = _batch_spec(info, subs, sub_dir, out, profile=profile, timeout_cell=timeout_cell,
+                       timeout_total=timeout_total, memory_mb=memory_mb, memory_cap=memory_cap, isolation=isolation,
+                       allow=allow, max_output_mb=max_output_mb, start_timeout=start_timeout,
+                       extra_params=extra_params, jobs=jobs)
+    results, resumed, todo = _split_graded(subs, out, force=force, fingerprint_base=spec["fingerprint_base"])
     if log and resumed:
         log(f"{len(resumed)} submission(s) already graded, skipped (use --force to regrade)")
     lock = threading.Lock()
     out.mkdir(parents=True, exist_ok=True)
-
-    def record(payload: dict[str, Any]) -> GradeResult:
-        res = GradeResult(**{k: v for k, v in payload["result"].items() if k in GradeResult.__dataclass_fields__})
-        sub_out = out / res.id
-        if payload.get("executed"):
-            _write_atomic(sub_out / "executed.ipynb", payload["executed"])
-        _write_atomic(sub_out / "feedback.md", _feedback(res, info.name))
-        _write_atomic(sub_out / RESULT_FILE, json.dumps(asdict(res), indent=1, default=str))
-        _write_csv(out, info, lock)
-        results[res.id] = res
-        if log:
-            log(f"{res.id:<24} {res.status:<18} {res.total:g}/{res.max:g}  {res.wall_s:5.1f} s  {res.message[:90]}")
-        return res
-
+    record = _recorder(out, info, results, lock, log)
     if use_dask:
         from .distributed import grade_on_dask
 

@@ -322,6 +322,88 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+def _on_event(msg: dict[str, Any], out: SandboxOutcome, kernel_pgids: set[int], job_file: Any,
+              hidden: Callable[[], dict[str, Any]]) -> None:
+    """Act on one message of the driver: note the kernel's process group or the isolation report,
+    send the hidden tests when asked, keep the final report."""
+    event = msg.get("event")
+    if event == "kernel" and isinstance(msg.get("pgid"), int):
+        kernel_pgids.add(msg["pgid"])
+    elif event == "isolation":
+        out.isolation = msg
+    elif event == "need-hidden":
+        try:
+            _write_all(job_file, (json.dumps(hidden()) + "\n").encode())
+        except OSError:
+            pass
+    elif event == "done":
+        out.done = msg
+
+
+def _on_messages(buf: bytearray, out: SandboxOutcome, kernel_pgids: set[int], job_file: Any,
+                 hidden: Callable[[], dict[str, Any]]) -> bytearray:
+    """Handle every complete line of ``buf`` as a JSON message of the driver; returns the rest."""
+    while b"\n" in buf:
+        line, _, rest = bytes(buf).partition(b"\n")
+        buf = bytearray(rest)
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            out.protocol_error = "unreadable message from the driver"
+            continue
+        _on_event(msg, out, kernel_pgids, job_file, hidden)
+    return buf
+
+
+def _relay(proc: subprocess.Popen, msg_r: int, job_file: Any, hidden: Callable[[], dict[str, Any]],
+           out: SandboxOutcome, kernel_pgids: set[int], tail: bytearray, *, deadline: float, stop: Any,
+           tail_bytes: int) -> None:
+    """Read the driver's log (its last ``tail_bytes`` kept in ``tail``) and messages until it is done,
+    ``deadline`` passes or ``stop`` is set (then ``out.killed``, and ``out.stopped`` for ``stop``)."""
+    buf = bytearray()
+    streams = {proc.stdout.fileno(): "log", msg_r: "msg"}
+    while streams:
+        left = deadline - time.monotonic()
+        if left <= 0 or (stop is not None and stop.is_set()):
+            out.killed = True
+            out.stopped = stop is not None and stop.is_set()
+            return
+        ready, _, _ = select.select(list(streams), [], [], min(left, 1.0))
+        for fd in ready:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                streams.pop(fd)
+                continue
+            if streams[fd] == "log":
+                tail += chunk
+                if len(tail) > tail_bytes:
+                    del tail[:len(tail) - tail_bytes]
+                continue
+            buf += chunk
+            buf = _on_messages(buf, out, kernel_pgids, job_file, hidden)
+        if proc.poll() is not None and msg_r not in streams:
+            return
+
+
+def _end_sandbox(proc: subprocess.Popen, kernel_pgids: set[int], isolation: Isolation, job_file: Any,
+                 msg_r: int) -> None:
+    """Kill the driver's process group and the kernels' groups, reap the driver, close the pipes."""
+    _kill_group(proc.pid)
+    for pg in kernel_pgids:
+        if pg > 1 and not isolation.processes:
+            _kill_group(pg)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    for f in (job_file, proc.stdout):
+        try:
+            f.close()
+        except OSError:
+            pass
+    os.close(msg_r)
+
+
 def run_sandbox(job: dict[str, Any], hidden: Callable[[], dict[str, Any]], *, isolation: Isolation,
                 env: dict[str, str], hard_timeout: float, python: str | None = None,
                 tail_bytes: int = 20000, stop: Any = None, prefix: list[str] | None = None) -> SandboxOutcome:
@@ -351,72 +433,19 @@ def run_sandbox(job: dict[str, Any], hidden: Callable[[], dict[str, Any]], *, is
     os.close(msg_w)
     kernel_pgids: set[int] = set()
     tail = bytearray()
-    buf = bytearray()
     job_file = os.fdopen(job_w, "wb", buffering=0)
     try:
         _write_all(job_file, (json.dumps(job) + "\n").encode())
-        streams = {proc.stdout.fileno(): "log", msg_r: "msg"}
         deadline = start + hard_timeout
-        while streams:
-            left = deadline - time.monotonic()
-            if left <= 0 or (stop is not None and stop.is_set()):
-                out.killed = True
-                out.stopped = stop is not None and stop.is_set()
-                break
-            ready, _, _ = select.select(list(streams), [], [], min(left, 1.0))
-            for fd in ready:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    streams.pop(fd)
-                    continue
-                if streams[fd] == "log":
-                    tail += chunk
-                    if len(tail) > tail_bytes:
-                        del tail[:len(tail) - tail_bytes]
-                    continue
-                buf += chunk
-                while b"\n" in buf:
-                    line, _, rest = bytes(buf).partition(b"\n")
-                    buf = bytearray(rest)
-                    try:
-                        msg = json.loads(line)
-                    except ValueError:
-                        out.protocol_error = "unreadable message from the driver"
-                        continue
-                    event = msg.get("event")
-                    if event == "kernel" and isinstance(msg.get("pgid"), int):
-                        kernel_pgids.add(msg["pgid"])
-                    elif event == "isolation":
-                        out.isolation = msg
-                    elif event == "need-hidden":
-                        try:
-                            _write_all(job_file, (json.dumps(hidden()) + "\n").encode())
-                        except OSError:
-                            pass
-                    elif event == "done":
-                        out.done = msg
-            if proc.poll() is not None and msg_r not in streams:
-                break
+        _relay(proc, msg_r, job_file, hidden, out, kernel_pgids, tail, deadline=deadline, stop=stop,
+               tail_bytes=tail_bytes)
         if not out.killed:
             try:
                 proc.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 out.killed = True
     finally:
-        _kill_group(proc.pid)
-        for pg in kernel_pgids:
-            if pg > 1 and not isolation.processes:
-                _kill_group(pg)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        for f in (job_file, proc.stdout):
-            try:
-                f.close()
-            except OSError:
-                pass
-        os.close(msg_r)
+        _end_sandbox(proc, kernel_pgids, isolation, job_file, msg_r)
     out.returncode = proc.returncode
     out.log_tail = tail.decode("utf-8", "replace")
     out.wall_s = time.monotonic() - start
@@ -706,17 +735,14 @@ class _Driver:
             return max(1, min(per_cell, left))
         return per_cell
 
-    def execute(self) -> None:
+    def _patch_client(self) -> None:
+        """Hook nbclient's ``NotebookClient``: cap each bucket's output, note the cells interrupted at
+        their time limit, report the kernel's process group to the grader."""
         import nbformat
         from nbclient import NotebookClient
-        from papermill.engines import papermill_engines
-        from papermill.parameterize import parameterize_notebook
 
         job = self.spec
-        nb = nbformat.from_dict(job["notebook"])
-        self.nb = nb
         driver = self
-
         orig_output = NotebookClient.output
         orig_timeout = NotebookClient._async_handle_timeout
         orig_client = NotebookClient.start_new_kernel_client
@@ -761,6 +787,11 @@ class _Driver:
         NotebookClient._async_handle_timeout = handle_timeout
         NotebookClient.start_new_kernel_client = start_client
 
+    def _parameterize(self, nb: Any) -> Any:
+        """Inject the job's parameters with papermill; the injected cell is tagged as the grader's."""
+        from papermill.parameterize import parameterize_notebook
+
+        job = self.spec
         nb.metadata["papermill"] = {"default_parameters": {}, "parameters": {}, "environment_variables": {},
                                     "version": "labkit-grader"}
         for c in nb.cells:
@@ -770,9 +801,13 @@ class _Driver:
         for c in nb.cells:
             if "injected-parameters" in c.metadata.get("tags", []):
                 c.metadata["labkit_grader"] = {"kind": "parameters"}
-        self.nb = nb
-        self.student_deadline = time.monotonic() + float(job["timeout_total"])
-        error: dict[str, Any] | None = None
+        return nb
+
+    def _run_papermill(self, nb: Any) -> dict[str, Any] | None:
+        """Execute ``nb`` with papermill's engine and this driver's hooks; returns what it raised, if anything."""
+        from papermill.engines import papermill_engines
+
+        job = self.spec
         try:
             papermill_engines.execute_notebook_with_engine(
                 None, nb, kernel_name=job["kernel_name"], input_path=job.get("name", "submission.ipynb"),
@@ -785,13 +820,31 @@ class _Driver:
                 # after an interrupt, how long to wait for the kernel to come back before stopping it
                 iopub_timeout=int(min(60, max(10, float(job["timeout_cell"]) / 2))))
         except BaseException as exc:  # noqa: BLE001 - DeadKernelError, CellTimeoutError, start failures
-            error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
+            return {"type": type(exc).__name__, "message": str(exc)[:2000]}
+        return None
+
+    def _kernel_exit(self) -> int | None:
+        """The kernel's exit code (waiting up to 5 s for it), or None when it is unknown or still running."""
         kernel_exit = None
         if self.kernel_proc is not None:
             try:
                 kernel_exit = self.kernel_proc.wait(timeout=5)
             except Exception:  # noqa: BLE001
                 kernel_exit = self.kernel_proc.poll()
+        return kernel_exit
+
+    def execute(self) -> None:
+        import nbformat
+
+        job = self.spec
+        nb = nbformat.from_dict(job["notebook"])
+        self.nb = nb
+        self._patch_client()
+        nb = self._parameterize(nb)
+        self.nb = nb
+        self.student_deadline = time.monotonic() + float(job["timeout_total"])
+        error = self._run_papermill(nb)
+        kernel_exit = self._kernel_exit()
         self.send(event="done", nb=self.nb, exception=error, timeouts=sorted(set(self.timeouts)),
                   skipped=self.skipped, truncated=self.truncated, kernel_exit=kernel_exit,
                   hidden_received=self.hidden_received, current=self.current)
