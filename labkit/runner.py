@@ -71,14 +71,19 @@ def lab_path(lab: str | os.PathLike) -> Path:
 
 def read_parameters(path: Path) -> dict[str, Any]:
     """The defaults of the notebook's ``parameters`` cell (simple ``NAME = literal`` lines)."""
-    import ast
-
     import nbformat
 
-    nb = nbformat.read(path, as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    return notebook_parameters(nbformat.read(path, as_version=4), Path(path).name)
+
+
+def notebook_parameters(nb: Any, name: str) -> dict[str, Any]:
+    """The ``NAME = literal`` lines of the one code cell of ``nb`` tagged ``parameters`` (``name``:
+    the notebook, for the error). Used by the runner and by the grader."""
+    import ast
+
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
-        raise ValueError(f"{path.name}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+        raise ValueError(f"{name}: expected exactly one code cell tagged 'parameters', found {len(cells)}")
     values: dict[str, Any] = {}
     for node in ast.parse(cells[0].source).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):

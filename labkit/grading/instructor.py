@@ -130,20 +130,12 @@ def load_instructor_lab(lab: str | os.PathLike) -> InstructorLab:
     """Read the instructor notebook of ``lab`` (a name such as ``"00"`` or a path)."""
     import nbformat
 
+    from ..runner import notebook_parameters
     from .student import resolve_lab
 
     path = resolve_lab(lab)
     nb = nbformat.read(path, as_version=4)
-    params_cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in _tags(c)]
-    if len(params_cells) != 1:
-        raise ValueError(f"{path.name}: expected exactly one code cell tagged 'parameters', found {len(params_cells)}")
-    parameters: dict[str, Any] = {}
-    for node in ast.parse(params_cells[0].source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                parameters[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass
+    parameters = notebook_parameters(nb, path.name)
     hidden = tuple(c.source for c in nb.cells if c.cell_type == "code" and "hidden-test" in _tags(c))
     if not hidden:
         raise ValueError(f"{path.name} has no code cell tagged 'hidden-test': nothing to grade with")
