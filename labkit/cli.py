@@ -168,6 +168,68 @@ def _cmd_book(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+# The house of labkit, bottom to top (tests/test_packaging.py holds the same layers and checks that no
+# module imports one above its own); the site's API page is written from it and the modules' __all__.
+API_LAYERS = (
+    ("base", ("results", "device", "reproducibility", "storage"),
+     "recording values and checks, device choice, seeds, where files live (argument checks and progress "
+     "bars are private: labkit._checks, labkit.progress)"),
+    ("data, models, hooks", ("datasets", "models", "hooks"),
+     "data sets and augmentations; the model registry and model wrappers; the one hook mechanism and the "
+     "eval-mode context"),
+    ("mechanisms", ("training", "attribution", "deconv", "feature_vis", "style", "adversarial", "embeddings",
+                    "metrics", "transfer", "vae", "gan", "domain_adaptation", "segmentation"),
+     "training (one engine under every trainer), explaining, attacking, measuring, and the method of each "
+     "lab that has its own (VAE, GAN, DANN, FCN)"),
+    ("showing", ("plotting", "widgets"), "figures (the only module that draws) and interactive explorers"),
+    ("running", ("config",), "a lab's set-up cell; labkit.runner, labkit.reference and labkit.grading serve the "
+     "command line and are not in the namespace"),
+)
+
+
+def _summary(obj: object) -> str:
+    """The first sentence-line of an object's docstring, in Markdown (Sphinx roles as code)."""
+    import inspect
+    import re
+
+    doc = inspect.getdoc(obj) if callable(obj) or inspect.ismodule(obj) else None
+    line = (doc or "").strip().split("\n\n")[0].replace("\n", " ")
+    line = re.sub(r":(?:func|class|mod|data|meth|attr):`~?([^`]+)`", r"``\1``", line)
+    return line.replace("|", "\\|") if line else f"a constant ({type(obj).__name__})"
+
+
+def api_page() -> str:
+    """The site's page on the ``lk`` namespace: the layers, then every public name with its summary."""
+    import importlib
+
+    lines = ["# The labkit toolbox", "",
+             "Every lab starts with `import labkit as lk`; the names below are everything a lab or a student "
+             "calls as `lk.<name>`. This page is written by `labkit api --write book/labkit.md` from the "
+             "package itself (a test fails when it is stale).", "",
+             "## The house", "",
+             "Modules are split by mechanism and stacked in layers; a module imports only its own layer and "
+             "the layers below (a test checks it).", "",
+             "| layer | modules | what they hold |", "|---|---|---|"]
+    for layer, modules, what in API_LAYERS:
+        lines.append(f"| {layer} | {', '.join(f'`{m}`' for m in modules)} | {what} |")
+    for layer, modules, _ in API_LAYERS:
+        for name in modules:
+            module = importlib.import_module(f"labkit.{name}")
+            lines += ["", f"## `labkit.{name}`", "", _summary(module), ""]
+            lines += [f"- `lk.{n}`: {_summary(getattr(module, n))}" for n in module.__all__]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    text = api_page()
+    if args.write:
+        Path(args.write).write_text(text, encoding="utf-8")
+        print(f"wrote {args.write}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labkit", description="Run, grade and publish the course's labs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None, help="where the reference files go (default labs/reference)")
     p.add_argument("--report", action="store_true", help="print the spread table of the existing reference files")
     p.set_defaults(func=_cmd_reference)
+
+    p = sub.add_parser("api", help="print (or --write) the site's page on the lk namespace")
+    p.add_argument("--write", default=None, metavar="FILE", help="write the page to FILE (e.g. book/labkit.md)")
+    p.set_defaults(func=_cmd_api)
 
     p = sub.add_parser("book", help="build the site from the committed notebooks (same as `make site`)")
     p.set_defaults(func=_cmd_book)

@@ -204,6 +204,18 @@ def test_toc_parser_reads_nested_entries(tmp_path: Path) -> None:
     assert toc_docnames(toc) == ["a/intro", "a/b", "c/d", "e"]
 
 
+def test_the_api_page_is_current_and_covers_the_namespace() -> None:
+    """book/labkit.md is written from the package (``labkit api --write book/labkit.md``); every module of
+    the lk namespace has a place in the layers it shows."""
+    import labkit
+    from labkit.cli import API_LAYERS, api_page
+
+    shown = [m for _, modules, _ in API_LAYERS for m in modules]
+    assert sorted(shown) == sorted(labkit._MODULES), "give each module of labkit._MODULES one layer in API_LAYERS"
+    assert (ROOT / "book" / "labkit.md").read_text(encoding="utf-8") == api_page(), (
+        "book/labkit.md is stale: run `labkit api --write book/labkit.md`")
+
+
 def test_every_toc_entry_has_a_source() -> None:
     pages = toc_docnames()
     assert pages[0] == "book/intro" and "labs/00_welcome" in pages and "book/references" in pages
