@@ -62,7 +62,10 @@ def check_number(value: object, name: str, fn: str | None = None, *, low: float 
 
 def check_prob(value: object, name: str, fn: str | None = None) -> float:
     """``value`` as a ``float`` in ``[0, 1]``."""
-    return check_number(value, name, fn, low=0.0, high=1.0)
+    value = check_number(value, name, fn)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{_where(fn)}{name} must be a probability in [0, 1], got {value!r}")
+    return value
 
 
 def check_choice(value: object, name: str, fn: str | None, choices: Sequence[Any]) -> Any:

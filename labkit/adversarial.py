@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_number
 from .device import model_device
 from .hooks import preserve_state
 from .reproducibility import make_generator
@@ -80,14 +81,6 @@ def _check_labels(labels: int | Tensor, n: int, device: torch.device, name: str 
     if t.numel() != n:
         raise ValueError(f"{name} has {t.numel()} entries for a batch of {n} images")
     return t
-
-
-def _check_number(value: object, name: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
 
 
 def _bounds(clamp: tuple[_Bound, _Bound] | None, x: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -145,7 +138,7 @@ def fgsm(model: nn.Module, images: Tensor, labels: int | Tensor, eps: float, *, 
     """
     x = _check_images(images)
     _same_device(model, x, "fgsm")
-    eps = _check_number(eps, "eps")
+    eps = check_number(eps, "eps", low=0.0)
     y = _check_labels(labels, len(x), x.device)
     bounds = _bounds(clamp, x)
     with _attack_state(model, eval_mode):
@@ -168,8 +161,8 @@ def pgd(model: nn.Module, images: Tensor, labels: int | Tensor, eps: float, *, a
     """
     x0 = _check_images(images)
     _same_device(model, x0, "pgd")
-    eps = _check_number(eps, "eps")
-    alpha = _check_number(alpha, "alpha", positive=True)
+    eps = check_number(eps, "eps", low=0.0)
+    alpha = check_number(alpha, "alpha", low=0.0, strict=True)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if norm not in ("linf", "l2"):
@@ -262,7 +255,7 @@ def minimal_targeted_attack(model: nn.Module, images: Tensor, target: int | Tens
     single = isinstance(images, Tensor) and images.dim() == 3
     x0 = _check_images(images.unsqueeze(0) if single else images)
     _same_device(model, x0, "minimal_targeted_attack")
-    step_size = _check_number(step_size, "step_size", positive=True)
+    step_size = check_number(step_size, "step_size", low=0.0, strict=True)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise ValueError(f"max_steps must be an int >= 0, got {max_steps!r}")
     if not 0 <= min_prob < 1:
@@ -303,7 +296,7 @@ def sign_noise(images: Tensor, eps: float, *, seed: int | None = 0,
     ``seed`` None draws from torch's global generator. ``images`` are not modified. Used in lab 03.
     """
     x = _check_images(images)
-    eps = _check_number(eps, "eps")
+    eps = check_number(eps, "eps", low=0.0)
     bounds = _bounds(clamp, x)
     gen = make_generator(seed) if seed is not None else None
     s = torch.randint(0, 2, x.shape, generator=gen).to(device=x.device, dtype=x.dtype) * 2 - 1
@@ -338,7 +331,7 @@ def robust_accuracy(model: nn.Module, images: Tensor, labels: Tensor, attack, ep
     x = _check_images(images)
     if not callable(attack):
         raise TypeError(f"attack must be a callable (model, images, labels, eps) -> images, got {type(attack).__name__}")
-    eps_list = [_check_number(e, "epsilons entry") for e in epsilons]
+    eps_list = [check_number(e, "epsilons entry", low=0.0) for e in epsilons]
     if not eps_list:
         raise ValueError("epsilons must hold at least one value, e.g. [0.05, 0.1]")
     device = model_device(model)
@@ -402,7 +395,7 @@ def adversarial_training(model: nn.Module, train, *, epochs: int, eps: float, al
     y = _check_labels(labels, len(x), x.device)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    lr = _check_number(lr, "lr", positive=True)
+    lr = check_number(lr, "lr", low=0.0, strict=True)
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
                                     or max_batches < 1):
         raise ValueError(f"max_batches must be None or an int >= 1, got {max_batches!r}")

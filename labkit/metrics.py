@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_int
+from ._checks import check_int, check_tensor
 from .attribution import _class_index
 from .embeddings import extract_features
 from .training import predict
@@ -56,11 +56,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- validation
-def _tensor(x: object, name: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    return x
-
 
 def _reduction(reduction: str) -> str:
     if reduction not in ("none", "mean"):
@@ -77,8 +72,8 @@ def _same_device(model: nn.Module, x: Tensor, fn: str) -> None:
 
 def _as_preds(x: Tensor, labels: Tensor, name: str) -> Tensor:
     """Class predictions from integer predictions (same shape as labels) or scores (one more dim)."""
-    _tensor(x, name)
-    _tensor(labels, "labels")
+    check_tensor(x, name)
+    check_tensor(labels, "labels")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise TypeError(f"labels must hold integer class indices, got dtype {labels.dtype}")
     if labels.numel() == 0:
@@ -100,7 +95,7 @@ def _as_preds(x: Tensor, labels: Tensor, name: str) -> Tensor:
 
 def _as_masks(m: Tensor, name: str) -> Tensor:
     """A boolean mask batch ``[B, H, W]`` from ``[B, H, W]``, ``[B, 1, H, W]`` or one ``[H, W]`` mask."""
-    _tensor(m, name)
+    check_tensor(m, name)
     if m.dtype.is_floating_point:
         raise TypeError(f"{name} must be a boolean (or 0/1 integer) mask, got dtype {m.dtype}; threshold it "
                         "first, e.g. lk.threshold_mask(maps, fraction=0.1) or maps > 0.5")
@@ -120,7 +115,7 @@ def _as_masks(m: Tensor, name: str) -> Tensor:
 
 def _as_maps(maps: Tensor, name: str = "maps", *, reduce_channels: bool = False) -> Tensor:
     """A float map batch ``[B, H, W]``; with ``reduce_channels`` a ``[B, C, H, W]`` map is summed in |.|."""
-    _tensor(maps, name)
+    check_tensor(maps, name)
     if maps.dim() == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
     elif maps.dim() == 4 and reduce_channels:
@@ -189,7 +184,7 @@ def segmentation_scores(confusion: Tensor) -> dict[str, float]:
     Classes absent from both the truth and the prediction (0/0) are left out of the means;
     a class that is predicted but absent from the truth counts with IoU 0. Used in lab 08.
     """
-    _tensor(confusion, "confusion")
+    check_tensor(confusion, "confusion")
     if confusion.dim() != 2 or confusion.shape[0] != confusion.shape[1]:
         raise ValueError(f"confusion must be a square [K, K] matrix, got {tuple(confusion.shape)}")
     cm = confusion.double()
@@ -280,13 +275,13 @@ def boundary_f1(pred: Tensor, true: Tensor, *, tolerance: int = 1, reduction: st
     _reduction(reduction)
     if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
         raise ValueError(f"tolerance must be an int >= 0 (pixels), got {tolerance!r}")
-    _tensor(true, "true")
+    check_tensor(true, "true")
     if true.dtype.is_floating_point:
         raise TypeError(f"true must be a label map or mask (integer or bool), got dtype {true.dtype}")
     t = (true.unsqueeze(0) if true.dim() == 2 else true).long()
     if t.dim() != 3:
         raise ValueError(f"true must be [B, H, W] (or one [H, W]), got {tuple(true.shape)}")
-    p = _tensor(pred, "pred")
+    p = check_tensor(pred, "pred")
     p = p.unsqueeze(0) if p.dim() == 2 else p
     p = _as_preds(p.long() if p.dtype == torch.bool else p, t, "pred")
     bp, bt = _boundaries(p.long()), _boundaries(t.long())
@@ -387,7 +382,7 @@ def _perturbation_curve(model: nn.Module, images: Tensor, maps: Tensor, target: 
                         insert: bool) -> Tensor:
     from .hooks import preserve_state
 
-    _tensor(images, "images")
+    check_tensor(images, "images")
     if images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -450,7 +445,7 @@ def auc(curve: Tensor) -> Tensor | float:
     """Trapezoidal area under equally spaced curve points on x in [0, 1] (so in [0, 1] for
     probabilities): a float for a 1-D curve, ``[B]`` for ``[B, n]`` curves. Petsiuk et al. 2018.
     """
-    _tensor(curve, "curve")
+    check_tensor(curve, "curve")
     if curve.dim() not in (1, 2) or curve.shape[-1] < 2:
         raise ValueError(f"curve must be [n] or [B, n] with n >= 2 points, got {tuple(curve.shape)}")
     c = curve.double()
@@ -479,8 +474,8 @@ def spearman(a: Tensor, b: Tensor, *, per_sample: bool = False) -> float | Tenso
     tensor ``[B]`` is returned. A constant input gives NaN (the correlation is undefined). Used in
     lab 02 (sanity checks, Adebayo et al. 2018).
     """
-    _tensor(a, "a")
-    _tensor(b, "b")
+    check_tensor(a, "a")
+    check_tensor(b, "b")
     if per_sample:
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
@@ -511,7 +506,7 @@ def cascading_randomization(model: nn.Module, explainer: Callable[..., Tensor], 
     """
     from .hooks import get_layer, preserve_state
 
-    _tensor(images, "images")
+    check_tensor(images, "images")
     _same_device(model, images, "cascading_randomization")
     if not callable(explainer):
         raise TypeError(f"explainer must be a callable explainer(model, images, target=...), got {explainer!r}")
@@ -580,8 +575,8 @@ def psnr(a: Tensor, b: Tensor, *, data_range: float = 1.0, reduction: str = "mea
     ``"mean"`` their mean); anything else is one image. Used in lab 07 (reconstructions).
     """
     _reduction(reduction)
-    _tensor(a, "a")
-    _tensor(b, "b")
+    check_tensor(a, "a")
+    check_tensor(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if not data_range > 0:

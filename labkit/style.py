@@ -26,18 +26,13 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_number
 from .feature_vis import _check_layers, features_at, optimize_image
 from .hooks import eval_mode
 from .reproducibility import make_generator
 
 __all__ = ["gram_matrix", "content_loss", "style_loss", "style_targets", "synthesize_texture", "style_transfer",
            "shuffle_patches", "cue_conflict_decisions"]
-
-
-def _check_number(fn: str, name: str, value: object, *, low: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
-        raise ValueError(f"{fn}: {name} must be a number >= {low:g}, got {value!r}")
-    return float(value)
 
 
 def _check_features(fn: str, name: str, value: object) -> Tensor:
@@ -107,7 +102,8 @@ def style_loss(features: Mapping[str, Tensor], targets: Mapping[str, Tensor], *,
             raise ValueError(f"style_loss: targets[{layer!r}] must be Gram matrices [1 or {g.shape[0]}, "
                              f"{g.shape[1]}, {g.shape[2]}], got "
                              f"{tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__}")
-        w = 1.0 if weights is None else _check_number("style_loss", f"weights[{layer!r}]", weights.get(layer, 1.0))
+        w = 1.0 if weights is None else check_number(weights.get(layer, 1.0), f"weights[{layer!r}]",
+                                                     "style_loss", low=0.0)
         term = w * (g - a).pow(2).flatten(1).mean(1)
         total = term if total is None else total + term
     assert total is not None
@@ -195,8 +191,8 @@ def style_transfer(model: nn.Module, content: Tensor, style: Tensor, *, content_
         raise TypeError(f"{fn}: content_layer must be one dotted layer name (str), got {content_layer!r}")
     _check_layers(model, content_layer, fn)
     style_layers = _check_layers(model, style_layers, fn)
-    sw = _check_number(fn, "style_weight", style_weight)
-    cw = _check_number(fn, "content_weight", content_weight)
+    sw = check_number(style_weight, "style_weight", fn, low=0.0)
+    cw = check_number(content_weight, "content_weight", fn, low=0.0)
     if init not in ("content", "noise"):
         raise ValueError(f"{fn}: init must be 'content' or 'noise', got {init!r}")
     b = max(c.shape[0], s.shape[0])

@@ -18,14 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._checks import is_int
 from .hooks import capture, get_layer, preserve_state
 
 __all__ = ["few_shot_indices", "layer_features", "svm_predict", "svm_accuracy", "svm_c_sweep", "svm_cross_validation",
            "layer_sweep", "transfer_model", "unfreeze_layers", "torchvision_architecture"]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _labels(labels: object, name: str) -> Tensor:
@@ -73,9 +70,9 @@ def few_shot_indices(labels: Tensor, per_class: int, *, seed: int = 0) -> Tensor
     A class with fewer samples raises ``ValueError``. Used in lab 01 (few labelled target images).
     """
     y = _labels(labels, "labels")
-    if not _is_int(per_class) or per_class < 1:
+    if not is_int(per_class) or per_class < 1:
         raise ValueError(f"per_class must be a positive int, got {per_class!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     g = torch.Generator().manual_seed(seed)
     picked = []
@@ -105,7 +102,7 @@ def layer_features(model: nn.Module, data: object, layers: Sequence[str], *, poo
         raise ValueError(f"layers must be a non-empty list of dotted layer names, got {layers!r}")
     if pool not in (None, "avg", "max"):
         raise ValueError(f"pool must be None, 'avg' or 'max', got {pool!r}")
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     layers = list(layers)
     if len(set(layers)) != len(layers):
@@ -197,10 +194,10 @@ def svm_cross_validation(features: Tensor, labels: Tensor, *, Cs: Sequence[float
     if isinstance(Cs, (str, bytes)) or not isinstance(Cs, Sequence) or not Cs:
         raise ValueError(f"Cs must be a non-empty list of positive numbers, got {Cs!r}")
     smallest = int(min(np.sum(y == c) for c in np.unique(y)))
-    if not _is_int(folds) or not 2 <= folds <= smallest:
+    if not is_int(folds) or not 2 <= folds <= smallest:
         raise ValueError(f"folds must be an int in [2, {smallest}] (the smallest class has {smallest} samples), "
                          f"got {folds!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y))
     out = {}
@@ -256,11 +253,11 @@ def transfer_model(model: nn.Module, num_classes: int, *, head: str, freeze: boo
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not _is_int(num_classes) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if not isinstance(freeze, bool):
         raise TypeError(f"freeze must be True or False, got {freeze!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if not isinstance(head, str) or not head:
         raise ValueError(f"head must be the dotted name of the last nn.Linear (e.g. 'classifier.4' or 'fc'), got {head!r}")

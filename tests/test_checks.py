@@ -38,8 +38,10 @@ def test_check_number_bounds_and_finiteness() -> None:
         check_number(math.nan, "beta")
     with pytest.raises(TypeError, match=r"must be a number, got str \('1'\)"):
         check_number("1", "beta")
-    with pytest.raises(ValueError, match=r"must be <= 1.0, got 1.5"):
+    with pytest.raises(ValueError, match=r"^p must be a probability in \[0, 1\], got 1.5$"):
         check_prob(1.5, "p")
+    with pytest.raises(ValueError, match=r"must be <= 1.0, got 1.5"):
+        check_number(1.5, "x", high=1.0)
 
 
 def test_check_choice_tensor_and_model() -> None:

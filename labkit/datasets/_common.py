@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_int
+
 # Photos that ship inside installed packages (no download): name -> (package, what to load).
 # scikit-image: a loader of ``skimage.data`` (the bundled ones only, not those pooch fetches);
 # matplotlib: a file of its sample data; scikit-learn: a file of ``load_sample_images``.
@@ -43,29 +45,6 @@ PHOTO_LABELS: dict[str, tuple[str, ...]] = {
 }
 # The photos whose random crops make good backgrounds (retina and hubble are mostly black).
 BACKGROUND_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "immunohistochemistry")
-
-
-def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,
-              hint: str = "") -> int:
-    """``value`` as an int, or a ``TypeError``/``ValueError`` naming ``name`` and the fix."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}){hint}")
-    value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}{hint}")
-    return value
-
-
-def check_prob(name: str, value: Any) -> float:
-    """``value`` as a float probability in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a float in [0, 1], got {type(value).__name__} ({value!r})")
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return value
 
 
 def check_range(name: str, value: Any, *, low: float, high: float) -> tuple[float, float]:
@@ -123,7 +102,7 @@ def photos(*, size: int | None = None) -> dict[str, Tensor]:
     :func:`shapes` and of the photo domain of :func:`glyph_digits`. Returns fresh tensors.
     """
     if size is not None:
-        size = check_int("size", size, low=8, high=1024, hint=" (or None for the original size)")
+        size = check_int(size, "size", low=8, high=1024, hint=" (or None for the original size)")
     out: dict[str, Tensor] = {}
     for name in PHOTO_NAMES:
         img = _load_photo(name)

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..reproducibility import numpy_rng
-from ._common import check_int, photo_crops
+from .._checks import check_int
+from ._common import photo_crops
 from .base import ImageSet
 
 __all__ = ["GLYPH_FONTS", "glyph_digits"]
@@ -485,8 +486,8 @@ def glyph_digits(n: int = 10000, *, seed: int = 0, size: int = 28, domain: str =
     Labels are balanced; ``info["font"]`` indexes :data:`GLYPH_FONTS`.
     Used in labs 03, 04, 07, 09 (source domain plain, target domain photo) and 10.
     """
-    n = check_int("n", n, low=1, hint=" (the number of digits to generate)")
-    size = check_int("size", size, low=16, high=64, hint=" (28 is MNIST's size)")
+    n = check_int(n, "n", low=1, hint=" (the number of digits to generate)")
+    size = check_int(size, "size", low=16, high=64, hint=" (28 is MNIST's size)")
     if not isinstance(domain, str) or domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
     if channels is None:

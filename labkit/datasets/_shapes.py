@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..reproducibility import numpy_rng
-from ._common import check_int, check_prob, check_range, photo_crops
+from .._checks import check_int, check_prob
+from ._common import check_range, photo_crops
 from .base import ImageSet
 
 __all__ = ["SHAPE_CLASSES", "BACKGROUNDS", "shapes", "scenes"]
@@ -266,11 +267,11 @@ def _paint(images: Tensor, alpha: Tensor, rng: np.random.Generator, shading: flo
 
 # --------------------------------------------------------------------------- argument checks
 def _check_size(size: object, *, high: int = 64) -> int:
-    return check_int("size", size, low=32, high=high, hint=f" (this generator draws 32..{high} px images)")
+    return check_int(size, "size", low=32, high=high, hint=f" (this generator draws 32..{high} px images)")
 
 
 def _check_n(n: object) -> int:
-    return check_int("n", n, low=1, hint=" (the number of images to generate)")
+    return check_int(n, "n", low=1, hint=" (the number of images to generate)")
 
 
 def _resolve_classes(classes: Sequence[str | int] | None) -> list[str]:
@@ -524,9 +525,9 @@ def shapes(n: int = 1000, *, size: int = 32, seed: int = 0, classes: Sequence[st
     size = _check_size(size)
     names = _resolve_classes(classes)
     background = _check_background(background)
-    distractor = check_prob("distractor", distractor)
-    spurious_prob = check_prob("spurious_prob", spurious_prob)
-    spurious_other_prob = check_prob("spurious_other_prob", spurious_other_prob)
+    distractor = check_prob(distractor, "distractor")
+    spurious_prob = check_prob(spurious_prob, "spurious_prob")
+    spurious_other_prob = check_prob(spurious_other_prob, "spurious_other_prob")
     scale = check_range("scale", scale, low=0.05, high=1.0)
     noise = _check_noise(noise)
     k = len(names)

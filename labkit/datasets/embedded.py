@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..reproducibility import numpy_rng
-from ._common import PHOTO_LABELS, PHOTO_NAMES, check_int, photos
+from .._checks import check_int
+from ._common import PHOTO_LABELS, PHOTO_NAMES, photos
 from ._glyphs import GLYPH_FONTS, glyph_digits
 from ._shapes import BACKGROUNDS, SHAPE_CLASSES, scenes, shapes
 from .base import ImageSet
@@ -29,7 +30,7 @@ def uci_digits(*, size: int = 28, seed: int = 0) -> ImageSet:
     Bilinear upsampling to ``size x size``, 1 channel, values in ``[0, 1]``; the order is a
     permutation fixed by ``seed``. A small real handwritten set for labs 03, 07 and 09.
     """
-    size = check_int("size", size, low=8, high=256)
+    size = check_int(size, "size", low=8, high=256)
     from sklearn.datasets import load_digits
 
     d = load_digits()

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_int
 from ..storage import DataNotFoundError, data_root, require
 from .base import ImageSet
 
@@ -69,15 +70,6 @@ def _check_bool(value: object, arg: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{arg} must be True or False, got {value!r}")
     return bool(value)
-
-
-def _check_int(value: object, arg: str, *, minimum: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        none = " or None" if allow_none else ""
-        raise ValueError(f"{arg} must be an int >= {minimum}{none}, got {value!r}")
-    return int(value)
 
 
 def _check_seed(seed: object) -> int:
@@ -146,8 +138,8 @@ def mnist(train: bool = True, *, root: str | os.PathLike | None = None, limit: i
     Used in labs 02-05, 08 and 09 with ``DATA="real"``.
     """
     train = _check_bool(train, "train")
-    limit = _check_int(limit, "limit", minimum=1, allow_none=True)
-    size = _check_int(size, "size", minimum=4)
+    limit = check_int(limit, "limit", low=1, allow_none=True)
+    size = check_int(size, "size", low=4)
     if channels not in (1, 3) or isinstance(channels, bool):
         raise ValueError(f"channels must be 1 (grey) or 3 (grey repeated as RGB), got {channels!r}")
     base = _root(root)
@@ -302,7 +294,7 @@ def mnist_m(train: bool = True, *, root: str | os.PathLike | None = None, limit:
     train file names and ``info["crop_yx"]`` the crop's top-left corner. Used in lab 09.
     """
     train = _check_bool(train, "train")
-    limit = _check_int(limit, "limit", minimum=1, allow_none=True)
+    limit = check_int(limit, "limit", low=1, allow_none=True)
     seed = _check_seed(seed)
     base = _root(root)
     cache = _mnist_m_cache(base, train, seed)
@@ -345,7 +337,7 @@ def hymenoptera(split: str = "train", *, root: str | os.PathLike | None = None, 
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    size = _check_int(size, "size", minimum=8)
+    size = check_int(size, "size", low=8)
     base = require("hymenoptera", [f"hymenoptera_data/{split}"], root=_root(root))
     from torchvision.datasets import ImageFolder
 
@@ -380,8 +372,8 @@ def imagenet_samples(*, root: str | os.PathLike | None = None, size: int = 224, 
     side) and centre-cropped to ``size``, values in ``[0, 1]``, not normalized. ``limit`` keeps
     the first rows of ``labels.csv``. Used in labs 02-06 with ImageNet-pretrained models.
     """
-    size = _check_int(size, "size", minimum=8)
-    limit = _check_int(limit, "limit", minimum=1, allow_none=True)
+    size = check_int(size, "size", low=8)
+    limit = check_int(limit, "limit", low=1, allow_none=True)
     rels = ["imagenet_samples/labels.csv", "imagenet_samples/synset_words.txt", "imagenet_samples/val"]
     base = require("imagenet_samples", rels, root=_root(root))
     folder = base / "imagenet_samples"
