@@ -47,11 +47,12 @@ def check_int(value: object, name: str, fn: str | None = None, *, low: int | Non
 
 
 def check_number(value: object, name: str, fn: str | None = None, *, low: float | None = None,
-                 high: float | None = None, strict: bool = False, hint: str = "") -> float:
-    """``value`` as a finite ``float``, ``>= low`` (``> low`` with ``strict``) and ``<= high``."""
+                 high: float | None = None, strict: bool = False, allow_inf: bool = False, hint: str = "") -> float:
+    """``value`` as a finite ``float`` (``inf`` too with ``allow_inf``; NaN never), ``>= low`` (``> low``
+    with ``strict``) and ``<= high``."""
     if not is_number(value):
         raise TypeError(f"{_where(fn)}{name} must be a number, got {type(value).__name__} ({value!r}){hint}")
-    if not math.isfinite(value):
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
         raise ValueError(f"{_where(fn)}{name} must be a finite number, got {value!r}{hint}")
     if low is not None and (value < low or (strict and value == low)):
         raise ValueError(f"{_where(fn)}{name} must be {'>' if strict else '>='} {low}, got {value!r}{hint}")

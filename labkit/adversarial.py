@@ -138,7 +138,7 @@ def fgsm(model: nn.Module, images: Tensor, labels: int | Tensor, eps: float, *, 
     """
     x = _check_images(images)
     _same_device(model, x, "fgsm")
-    eps = check_number(eps, "eps", low=0.0)
+    eps = check_number(eps, "eps", low=0.0, allow_inf=True)
     y = _check_labels(labels, len(x), x.device)
     bounds = _bounds(clamp, x)
     with _attack_state(model, eval_mode):
@@ -161,7 +161,7 @@ def pgd(model: nn.Module, images: Tensor, labels: int | Tensor, eps: float, *, a
     """
     x0 = _check_images(images)
     _same_device(model, x0, "pgd")
-    eps = check_number(eps, "eps", low=0.0)
+    eps = check_number(eps, "eps", low=0.0, allow_inf=True)
     alpha = check_number(alpha, "alpha", low=0.0, strict=True)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
@@ -296,7 +296,7 @@ def sign_noise(images: Tensor, eps: float, *, seed: int | None = 0,
     ``seed`` None draws from torch's global generator. ``images`` are not modified. Used in lab 03.
     """
     x = _check_images(images)
-    eps = check_number(eps, "eps", low=0.0)
+    eps = check_number(eps, "eps", low=0.0, allow_inf=True)
     bounds = _bounds(clamp, x)
     gen = make_generator(seed) if seed is not None else None
     s = torch.randint(0, 2, x.shape, generator=gen).to(device=x.device, dtype=x.dtype) * 2 - 1
@@ -331,7 +331,7 @@ def robust_accuracy(model: nn.Module, images: Tensor, labels: Tensor, attack, ep
     x = _check_images(images)
     if not callable(attack):
         raise TypeError(f"attack must be a callable (model, images, labels, eps) -> images, got {type(attack).__name__}")
-    eps_list = [check_number(e, "epsilons entry", low=0.0) for e in epsilons]
+    eps_list = [check_number(e, "epsilons entry", low=0.0, allow_inf=True) for e in epsilons]
     if not eps_list:
         raise ValueError("epsilons must hold at least one value, e.g. [0.05, 0.1]")
     device = model_device(model)

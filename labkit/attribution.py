@@ -6,7 +6,9 @@ Reference implementations, kept short so that students can read them:
   :func:`smoothgrad` (Smilkov et al. 2017), :func:`integrated_gradients` (Sundararajan et al. 2017);
 - :func:`guided_backprop` and :func:`deconvnet` (Springenberg et al. 2015; Zeiler & Fergus 2014);
 - :func:`grad_cam` and :func:`guided_grad_cam` (Selvaraju et al. 2017), with region targets;
-- :func:`occlusion` and :func:`occlusion_activation` (Zeiler & Fergus 2014).
+- :func:`occlusion` and :func:`occlusion_activation` (Zeiler & Fergus 2014);
+- targets for dense outputs: :func:`segment_target` (a class's score over a mask, labs 06, 08) and
+  :func:`region_target` (every channel over a rectangle, e.g. of a VAE's reconstruction, lab 07).
 
 Conventions shared by every function here:
 

@@ -84,6 +84,7 @@ class DANNHistory(Curves):
 
     _EPOCH_KEY = "label_loss"
     _DEFAULT_LAST = "target_acc"
+    _EMPTY_HINT = "was the matching validation set given?"
 
     mode: str = "dann"
     source_acc: list[float] = field(default_factory=list)

@@ -131,6 +131,7 @@ class GANHistory(Curves):
 
     _EPOCH_KEY = "epoch_steps"
     _DEFAULT_LAST = "scores"
+    _EMPTY_HINT = "was a score_fn given?"
 
     @property
     def steps(self) -> int:

@@ -1,4 +1,5 @@
-"""Scores: classification and segmentation, explanation quality, sanity checks.
+"""Scores: classification and segmentation, explanation quality, sanity checks, generative models (the
+FID of Heusel et al. 2017 and class coverage, lab 10), and the centre-prior baseline map (lab 02).
 
 Everything works on tensors (CPU or CUDA) and is checked against hand-computed cases in
 ``tests/test_metrics.py``. Conventions:
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_int, check_tensor
+from ._checks import check_int, check_tensor, is_int
 from .attribution import _class_index
 from .embeddings import extract_features
 from .training import predict
@@ -807,9 +808,6 @@ def class_coverage(counts: Tensor, *, min_share: float | None = None) -> float:
 
 
 # --------------------------------------------------------------------------- baselines
-def _isint(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def centered_gaussian_maps(n: int, size: int | tuple[int, int], *, sigma: float | None = None) -> Tensor:
     """``n`` copies of a centred isotropic Gaussian ``[n, H, W]`` (peak 1 at the image centre).
@@ -819,11 +817,11 @@ def centered_gaussian_maps(n: int, size: int | tuple[int, int], *, sigma: float 
     the smaller side (with a top-fraction threshold only the ranking matters, so any sigma
     gives the same disc). Used in lab 02.
     """
-    if not _isint(n) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
-    if _isint(size):
+    if is_int(size):
         h = w = size
-    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(_isint(s) for s in size):
+    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(is_int(s) for s in size):
         h, w = size
     else:
         raise TypeError(f"size must be an int or a pair (height, width) of ints, got {size!r}")

@@ -1,8 +1,11 @@
-"""Training loops of the course: ``fit``, ``evaluate``, ``predict``, ``History``, ``train_or_load``.
+"""Training: the one engine of every trainer, and the classifier's ``fit``, ``evaluate``, ``predict``,
+``History``, ``train_or_load`` and ``train_shapes_classifier``.
 
-Used by every lab that trains a classifier (00-06, 09). Progress goes through
-:class:`labkit.progress.EpochProgress`, like every other trainer's: a live tqdm bar in JupyterLab,
+:func:`run_epochs` is the epoch loop under ``fit``, ``train_vae``, ``train_gan``, ``train_dann`` and
+``train_segmentation`` (each of them states only its epoch's step), :class:`Curves` the base of their
+histories. Progress goes through :class:`labkit.progress.EpochProgress`: a live tqdm bar in JupyterLab,
 one static line per training run under papermill (``LABKIT_PROGRESS=plain``, set by ``labkit run``).
+Used by every lab that trains a network.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Curves:
 
     _EPOCH_KEY = "train_loss"
     _DEFAULT_LAST = "val_acc"
+    _EMPTY_HINT = "was validation data given?"
 
     @property
     def epochs(self) -> int:
@@ -60,7 +64,7 @@ class Curves:
             curves = ", ".join(k for k, v in asdict(self).items() if isinstance(v, list))
             raise ValueError(f"{name} has no curve {key!r}; curves: {curves}")
         if not values:
-            raise ValueError(f"{name} has no {key} values (was validation data given?)")
+            raise ValueError(f"{name} has no {key} values ({self._EMPTY_HINT})")
         return values[-1]
 
     def to_dict(self) -> dict[str, Any]:
@@ -391,9 +395,10 @@ def train_or_load(name: str, model: nn.Module, train: DataLike, val: DataLike | 
 
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"train_or_load: name must be a non-empty string without '/', got {name!r}")
-    if trainer is not None and not callable(trainer):
+    if trainer is not None and not (callable(trainer) and getattr(trainer, "__module__", "").startswith("labkit.")):
         raise TypeError(f"train_or_load: trainer must be a labkit trainer such as lk.train_vae (or None for lk.fit), "
-                        f"got {type(trainer).__name__}")
+                        f"got {trainer!r}; a checkpoint can only restore labkit's histories, so call your own "
+                        "trainer directly")
     if "on_epoch_end" in train_kwargs or isinstance(train_kwargs.get("optimizer"), torch.optim.Optimizer):
         raise ValueError("train_or_load cannot cache runs with on_epoch_end or an optimizer object; call fit()")
     options = {k: (_callable_key(v) if callable(v) else v) for k, v in sorted(train_kwargs.items()) if k != "device"}

@@ -313,7 +313,8 @@ def latent_means(model: nn.Module, data: Any, *, batch_size: int = 500,
     Labels are used when the model is conditional. The model's mode is restored. Lab 07.
     """
     fn = "latent_means"
-    return torch.cat([mu.float().cpu() for mu, _ in _posteriors(model, data, batch_size, device, fn)])
+    with eval_mode(_check_vae(model, fn)):
+        return torch.cat([mu.float().cpu() for mu, _ in _posteriors(model, data, batch_size, device, fn)])
 
 
 @torch.no_grad()
@@ -329,26 +330,27 @@ def kl_per_dimension(model: nn.Module, data: Any, *, batch_size: int = 500,
     fn = "kl_per_dimension"
     total = torch.zeros(int(_check_vae(model, fn).latent_dim), dtype=torch.float64)
     n = 0
-    for mu, logvar in _posteriors(model, data, batch_size, device, fn):
-        mu, logvar = mu.double().cpu(), logvar.double().cpu()
-        total += (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(0)
-        n += len(mu)
+    with eval_mode(model):
+        for mu, logvar in _posteriors(model, data, batch_size, device, fn):
+            mu, logvar = mu.double().cpu(), logvar.double().cpu()
+            total += (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(0)
+            n += len(mu)
     return (total / n).float()
 
 
 def _posteriors(model: nn.Module, data: Any, batch_size: int, device: torch.device | str | None,
                 fn: str) -> Iterator[tuple[Tensor, Tensor]]:
-    """The encoder's ``(mu, logvar)`` on ``data`` batch by batch, in eval mode (every submodule's mode
-    restored); labels go in when the model is conditional."""
+    """The encoder's ``(mu, logvar)`` on ``data`` batch by batch (labels go in when the model is
+    conditional); the caller holds ``eval_mode(model)`` around the loop, so that the mode is restored
+    when the loop ends, not when the generator is collected."""
     model = _check_vae(model, fn)
     batch_size = check_int(batch_size, "batch_size", fn, low=1)
     xs, ys = images_labels(data, fn, "data", labels="required" if _conditional(model) else "ignored",
                            why="the model is conditional")
     device = resolve_device(device, model, trains=False)
-    with eval_mode(model):
-        for start in range(0, len(xs), batch_size):
-            y = to_device(ys[start:start + batch_size], device) if ys is not None else None
-            yield model.encode(to_device(xs[start:start + batch_size], device), y)
+    for start in range(0, len(xs), batch_size):
+        y = to_device(ys[start:start + batch_size], device) if ys is not None else None
+        yield model.encode(to_device(xs[start:start + batch_size], device), y)
 
 
 def _labels_for(model: nn.Module, labels: Any, n: int, fn: str, device: torch.device) -> Tensor | None:

@@ -36,6 +36,11 @@ def test_check_number_bounds_and_finiteness() -> None:
     assert check_number(0, "beta", low=0.0) == 0.0
     with pytest.raises(ValueError, match="must be a finite number, got nan"):
         check_number(math.nan, "beta")
+    assert check_number(math.inf, "eps", low=0.0, allow_inf=True) == math.inf  # an unbounded attack
+    with pytest.raises(ValueError, match="must be a finite number, got nan"):
+        check_number(math.nan, "eps", allow_inf=True)
+    with pytest.raises(ValueError, match="must be a finite number, got inf"):
+        check_number(math.inf, "lr")
     with pytest.raises(TypeError, match=r"must be a number, got str \('1'\)"):
         check_number("1", "beta")
     with pytest.raises(ValueError, match=r"^p must be a probability in \[0, 1\], got 1.5$"):

@@ -450,12 +450,14 @@ def test_train_or_load_other_trainers_keep_their_history_type(tmp_path, monkeypa
     h1 = train_or_load("v", vae(), x, trainer=train_vae, root=tmp_path, epochs=1, batch_size=8, device="cpu")
     fitted = train_or_load("v", tiny_cnn(), sign_task(8), root=tmp_path, epochs=1)  # same name, fit: another file
     assert len(list(tmp_path.glob("v-*.pt"))) == 2 and isinstance(fitted, History)
-    monkeypatch.setattr("labkit.vae.train_vae", lambda *a, **k: pytest.fail("must load, not train"))
+    monkeypatch.setattr("labkit.vae.run_epochs", lambda *a, **k: pytest.fail("must load, not train"))
     model = vae()
     h2 = train_or_load("v", model, x, trainer=train_vae, root=tmp_path, epochs=1, batch_size=8, device="cpu")
     assert isinstance(h2, VAEHistory) and h2 == h1 and not model.training
     with pytest.raises(TypeError, match="trainer must be a labkit trainer"):
         train_or_load("v", vae(), x, trainer="train_vae", root=tmp_path, epochs=1)
+    with pytest.raises(TypeError, match="call your own trainer directly"):  # its history could not be restored
+        train_or_load("v", vae(), x, trainer=lambda *a, **k: History(), root=tmp_path, epochs=1)
 
 
 # --- the engine ---------------------------------------------------------------------------------
@@ -492,6 +494,13 @@ def test_curves_last_names_the_curves() -> None:
     with pytest.raises(ValueError, match="no curve 'accuracy'; curves: train_loss, train_acc"):
         h.last("accuracy")
     assert History.from_dict({**h.to_dict(), "unknown": [1]}) == h
+    from labkit.domain_adaptation import DANNHistory
+    from labkit.gan import GANHistory
+
+    with pytest.raises(ValueError, match=r"DANNHistory has no target_acc values \(was the matching validation set"):
+        DANNHistory().last()
+    with pytest.raises(ValueError, match=r"GANHistory has no scores values \(was a score_fn given\?\)"):
+        GANHistory().last()
 
 
 # --------------------------------------------------------------------------- train_shapes_classifier

@@ -3,7 +3,8 @@
 ``list_datasets()`` names them all; ``load_dataset(name, **kw)`` calls one by name.
 Embedded: ``shapes``, ``scenes``, ``glyph_digits``, ``uci_digits``, ``photos``.
 Real (found under the data root, see ``labkit.storage``): ``mnist``, ``mnist_m``,
-``hymenoptera``, ``imagenet_samples``.
+``hymenoptera``, ``imagenet_samples`` (and ``photo_scenes``, scenes on BSDS500 photos).
+``make_augment`` (``labkit.datasets.augment``): seeded batch augmentations for ``lk.fit(augment=...)``.
 """
 
 from __future__ import annotations

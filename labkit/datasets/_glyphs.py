@@ -344,7 +344,7 @@ _BANK_KEYS = ("fields", "digits", "fonts", "weights", "outline", "widths")
 def _bank_file() -> Path:
     """Where the bank is cached: ``data_root()/cache/glyph_bank-KEY.pt``.
 
-    KEY hashes this module's source, the font list and the versions of the libraries that draw
+    KEY hashes this module's and ``_fonts.py``'s source, the font list and the versions of the libraries that draw
     and measure the glyphs: any change to them computes (and caches) a new bank.
     """
     from importlib.metadata import version
@@ -352,6 +352,7 @@ def _bank_file() -> Path:
     from ..storage import data_root
 
     h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update((Path(__file__).parent / "_fonts.py").read_bytes())  # the glyph rasterizer
     libs = [version(name) for name in ("numpy", "scipy", "scikit-image", "pillow", "matplotlib")]
     h.update(repr((GLYPH_FONTS, libs)).encode())
     return data_root() / "cache" / f"glyph_bank-{h.hexdigest()[:16]}.pt"

@@ -3,6 +3,7 @@
 - :func:`mnist`: LeCun et al. 1998, through ``torchvision.datasets.MNIST`` (labs 02-05, 08, 09).
 - :func:`mnist_m`: MNIST digits blended with BSDS500 photo crops, the recipe of Ganin &
   Lempitsky 2015 (lab 09, domain adaptation); built once per seed and cached.
+- :func:`photo_scenes`: ``lk.scenes`` composited on crops of BSDS500 photos (lab 08's real mode).
 - :func:`hymenoptera`: the ants/bees set of the PyTorch transfer-learning tutorial (lab 01).
 - :func:`imagenet_samples`: 300 ILSVRC2012 validation images with labels and the 1000 class
   names (labs 02-06 with ImageNet-pretrained models).
