@@ -216,7 +216,8 @@ def api_page() -> str:
         for name in modules:
             module = importlib.import_module(f"labkit.{name}")
             lines += ["", f"## `labkit.{name}`", "", _summary(module), ""]
-            lines += [f"- `lk.{n}`: {_summary(getattr(module, n))}" for n in module.__all__]
+            # "name — summary", not "name: summary": the site's pages must never show "SomeError: ..."
+            lines += [f"- `lk.{n}` — {_summary(getattr(module, n))}" for n in module.__all__]
     return "\n".join(lines) + "\n"
 
 

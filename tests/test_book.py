@@ -214,6 +214,9 @@ def test_the_api_page_is_current_and_covers_the_namespace() -> None:
     assert sorted(shown) == sorted(labkit._MODULES), "give each module of labkit._MODULES one layer in API_LAYERS"
     assert (ROOT / "book" / "labkit.md").read_text(encoding="utf-8") == api_page(), (
         "book/labkit.md is stale: run `labkit api --write book/labkit.md`")
+    # what test_site_browser forbids on any page (an exception as printed), e.g. "DataNotFoundError: ..."
+    # (checked on the text as rendered, without the code spans' backticks)
+    assert not re.search(r"Traceback|NameError|\b\w*Error: ", api_page().replace("`", ""))
 
 
 def test_every_toc_entry_has_a_source() -> None:
